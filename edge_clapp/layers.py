@@ -1,0 +1,136 @@
+"""A CLAPP layer (Conv1d or Linear, average-pooled into frames) and its fixed buffers.
+
+Shape legend (time-major, one row per position):
+    T_in  input positions in a block       C_in  input channels
+    F     frames in a block                g     output positions per frame
+    K     prediction offsets                D     C_in * kernel, one input patch
+    C     output channels
+
+A linear layer is a conv with kernel 1, stride 1 over one position per frame.
+
+The layer's workspace holds ``K + 2F`` frames of patches and outputs: rows for the ring
+of the last K frames of the previous block (contexts whose futures fall in this block),
+then the current block's F frames, then the F frames of a replayed negative block. All of
+it, and the carry of input positions the kernel still needs, is allocated here, once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from edge_clapp.config import LayerConfig, RuleConfig, Variant
+
+
+def patches(padded: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Input positions (T, C_in) -> patches (T_out, C_in * kernel), channel-major like the
+    flattened weight (C, C_in, kernel). T_out = (T - kernel) // stride + 1."""
+    windows = padded.unfold(0, kernel, stride)  # (T_out, C_in, kernel)
+    return windows.reshape(windows.shape[0], -1)
+
+
+class ClappLayer:
+    def __init__(
+        self,
+        config: LayerConfig,
+        in_channels: int,
+        g: int,
+        rule: RuleConfig,
+        block_frames: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.config = config
+        self.in_channels = in_channels
+        self.channels = config.channels
+        self.kernel = config.kernel
+        self.stride = config.stride
+        self.g = g
+        self.offsets = rule.offsets
+        self.block_frames = block_frames
+        patch = in_channels * config.kernel
+        channels = config.channels
+
+        # Parameters: uniform init with the fan-in bound of torch's conv/linear default;
+        # prediction matrices small so the first scores sit well inside the margin.
+        bound = 1.0 / math.sqrt(patch)
+        self.weight = (torch.rand(channels, patch, generator=generator) * 2 - 1) * bound
+        self.bias = (torch.rand(channels, generator=generator) * 2 - 1) * bound
+        std = rule.pred_init_std / math.sqrt(channels)
+        self.pred = torch.randn(rule.offsets, channels, channels, generator=generator) * std
+        self.retro = None
+        if rule.variant is Variant.CLAPP:
+            self.retro = (
+                torch.randn(rule.offsets, channels, channels, generator=generator) * std
+            )
+
+        # Streaming buffers.
+        K, F = rule.offsets, block_frames
+        carry = config.kernel - config.stride
+        t_in = F * g * config.stride
+        self.carry_rows = carry
+        self.input = torch.zeros(carry + t_in, in_channels)  # carry + this block's input
+        self.neg_input = torch.zeros(carry + t_in, in_channels)  # zero carry: fresh start
+        self.x_rows = torch.zeros((K + 2 * F) * g, patch)
+        self.z_rows = torch.zeros((K + 2 * F) * g, channels)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        params = {"weight": self.weight, "bias": self.bias, "pred": self.pred}
+        if self.retro is not None:
+            params["retro"] = self.retro
+        return params
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        return {
+            "input": self.input,
+            "neg_input": self.neg_input,
+            "x_rows": self.x_rows,
+            "z_rows": self.z_rows,
+        }
+
+    def frame_rows(self, first: int, count: int) -> slice:
+        """Workspace rows of frames [first, first + count)."""
+        return slice(first * self.g, (first + count) * self.g)
+
+    # -- forward ------------------------------------------------------------------------
+
+    def _patches(self, padded: torch.Tensor, out: torch.Tensor) -> None:
+        """Input positions (carry + T_in, C_in) -> patches (T_out, C_in * kernel)."""
+        windows = padded.unfold(0, self.kernel, self.stride)  # (T_out, C_in, kernel)
+        out.view(-1, self.in_channels, self.kernel).copy_(windows)
+
+    def _forward_rows(self, rows: slice) -> torch.Tensor:
+        x, z = self.x_rows[rows], self.z_rows[rows]
+        torch.addmm(self.bias, x, self.weight.t(), out=z)
+        return z.relu_()
+
+    def forward_block(self, x: torch.Tensor) -> torch.Tensor:
+        """Current block (F*g*stride, C_in) -> relu outputs (F*g, C), a view of z_rows."""
+        self.input[self.carry_rows :].copy_(x)
+        rows = self.frame_rows(self.offsets, self.block_frames)
+        self._patches(self.input, self.x_rows[rows])
+        return self._forward_rows(rows)
+
+    def forward_negative(self, x: torch.Tensor) -> torch.Tensor:
+        """Replayed block, zero carry -> relu outputs (F*g, C), a view of z_rows."""
+        self.neg_input[self.carry_rows :].copy_(x)
+        rows = self.frame_rows(self.offsets + self.block_frames, self.block_frames)
+        self._patches(self.neg_input, self.x_rows[rows])
+        return self._forward_rows(rows)
+
+    def commit_block(self) -> None:
+        """Keep the last K frames as the ring and the input tail as the next carry."""
+        K, F = self.offsets, self.block_frames
+        self.x_rows[self.frame_rows(0, K)] = self.x_rows[self.frame_rows(F, K)]
+        self.z_rows[self.frame_rows(0, K)] = self.z_rows[self.frame_rows(F, K)]
+        if self.carry_rows:
+            self.input[: self.carry_rows] = self.input[-self.carry_rows :]
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole sequence with a zero carry, as a stream would start: (T_in, C_in) ->
+        relu outputs (T_in / stride, C). T_in must be a multiple of the stride."""
+        padded = torch.cat([x.new_zeros(self.carry_rows, self.in_channels), x])
+        rows = patches(padded, self.kernel, self.stride)  # (T_out, D)
+        return torch.addmm(self.bias, rows, self.weight.t()).relu_()

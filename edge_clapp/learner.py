@@ -1,0 +1,304 @@
+"""The online learner: owns all state, takes one block of samples at a time.
+
+Shape legend: ``S`` samples per block, ``F`` frames per block, ``K`` offsets, ``C``
+channels. Frame indices of a layer's workspace: ring ``[0, K)``, current ``[K, K+F)``,
+replayed negative block ``[K+F, K+2F)``.
+
+Every tensor the learner keeps is allocated in ``__init__`` from the config, so
+``state_bytes`` is known before the first sample and does not change while it runs.
+Per-block temporaries (scores, errors) have sizes fixed by the config too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from edge_clapp.config import Config, Schedule
+from edge_clapp.frontend import make_frontend
+from edge_clapp.layers import ClappLayer
+from edge_clapp.replay import ReplayPool
+from edge_clapp.rule import Pairs, RuleStep, clapp_step, pool_frames
+
+log = logging.getLogger(__name__)
+
+# Samples at or beyond this magnitude count as saturated (a clipped recording).
+SATURATION_LEVEL = 0.999
+
+
+@dataclass
+class LayerMeter:
+    """Sums over blocks of the rule's statistics for one layer."""
+
+    blocks: int = 0
+    loss: float = 0.0
+    pos_score: float = 0.0
+    pos_count: int = 0
+    neg_score: float = 0.0
+    neg_count: int = 0
+    gate_open: int = 0
+    pairs: int = 0
+
+    def add(self, step: RuleStep, pairs: int) -> None:
+        self.blocks += 1
+        self.loss += float(step.loss)
+        self.pos_score += float(step.pos_score)
+        self.pos_count += int(step.pos_count)
+        self.neg_score += float(step.neg_score)
+        self.neg_count += int(step.neg_count)
+        self.gate_open += int(step.gate_open)
+        self.pairs += pairs
+
+    def summary(self) -> dict[str, float]:
+        def mean(total: float, count: int) -> float:
+            return total / count if count else float("nan")
+
+        return {
+            "loss": mean(self.loss, self.blocks),
+            "pos_score": mean(self.pos_score, self.pos_count),
+            "neg_score": mean(self.neg_score, self.neg_count),
+            "gate_open_fraction": mean(self.gate_open, self.pairs),
+        }
+
+
+@dataclass
+class Counters:
+    blocks: int = 0  # blocks offered to step()
+    blocks_learned: int = 0
+    blocks_skipped_nonfinite: int = 0
+    nonfinite_samples: int = 0
+    out_of_range_samples: int = 0  # |x| > 1, clamped to [-1, 1] before learning
+    saturated_samples: int = 0  # |x| >= SATURATION_LEVEL
+    silent_blocks: int = 0
+    updates_rejected_nonfinite: int = 0
+    negatives_unavailable_blocks: int = 0  # replay pool had no block old enough
+    boundaries: int = 0
+    overflows: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class OnlineLearner:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.frontend = make_frontend(config.frontend)
+        g = config.positions_per_frame()
+        rule, stream = config.rule, config.stream
+        K, F = rule.offsets, stream.block_frames
+        self.K, self.F = K, F
+
+        self.layers: list[ClappLayer] = []
+        in_channels = self.frontend.channels
+        for i, layer_config in enumerate(config.layers):
+            layer = ClappLayer(layer_config, in_channels, g[i + 1], rule, F, self.generator)
+            self.layers.append(layer)
+            in_channels = layer_config.channels
+
+        min_age = math.ceil(stream.replay_min_age_seconds / config.block_seconds)
+        self.pool = ReplayPool(stream.replay_capacity, config.block_samples, min_age)
+        self.block = torch.zeros(config.block_samples)
+        self.segment = torch.zeros(K + F, dtype=torch.int64)  # ring + current frames
+        self.ring_valid = torch.zeros(K, dtype=torch.bool)
+        self.next_segment = 0
+        self.pending_boundary = True  # the first block starts a segment
+        self.counters = Counters()
+        self.meters = [LayerMeter() for _ in self.layers]
+        self.interval = [LayerMeter() for _ in self.layers]
+
+    # -- state --------------------------------------------------------------------------
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the learner's state, by name (what a checkpoint stores)."""
+        out: dict[str, torch.Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            for name, t in {**layer.parameters(), **layer.buffers()}.items():
+                out[f"layers.{i}.{name}"] = t
+        for name, t in self.frontend.buffers().items():
+            out[f"frontend.{name}"] = t
+        for name, t in self.pool.buffers().items():
+            out[f"replay.{name}"] = t
+        out["block"] = self.block
+        out["segment"] = self.segment
+        out["ring_valid"] = self.ring_valid
+        return out
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of all state the learner holds (parameters, rings, pool, scratch)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def parameter_count(self) -> dict[str, int]:
+        forward = sum(layer.weight.numel() + layer.bias.numel() for layer in self.layers)
+        rule = sum(
+            layer.pred.numel() + (layer.retro.numel() if layer.retro is not None else 0)
+            for layer in self.layers
+        )
+        return {"encoder": forward, "prediction": rule}
+
+    def macs_per_second(self) -> int:
+        """Multiply-accumulates of the encoder's forward pass per second of audio."""
+        rate = self.config.frontend.sample_rate / self.config.frontend.frame_hop
+        per_frame = sum(layer.g * layer.weight.numel() for layer in self.layers)
+        return int(per_frame * rate)
+
+    # -- learning -----------------------------------------------------------------------
+
+    def _admit(self, samples: torch.Tensor) -> bool:
+        """Copy a block into the learner's buffer; refuse it if any sample is non-finite."""
+        c = self.counters
+        finite = torch.isfinite(samples)
+        if not bool(finite.all()):
+            c.nonfinite_samples += int((~finite).sum())
+            c.blocks_skipped_nonfinite += 1
+            self.pending_boundary = True  # the stream is broken here
+            return False
+        self.block.copy_(samples)
+        magnitude = self.block.abs()
+        c.saturated_samples += int((magnitude >= SATURATION_LEVEL).sum())
+        out_of_range = int((magnitude > 1.0).sum())
+        if out_of_range:
+            c.out_of_range_samples += out_of_range
+            self.block.clamp_(-1.0, 1.0)
+        if float(magnitude.max()) < 1e-4:
+            c.silent_blocks += 1
+        return True
+
+    def _segments(self, starts: Sequence[int]) -> None:
+        """Segment id of each current frame; a new recording starts a new segment."""
+        K, F, hop = self.K, self.F, self.config.frontend.frame_hop
+        cur = self.segment[K:]
+        cur.fill_(self.next_segment)
+        first_frames = sorted({math.ceil(s / hop) for s in starts if 0 <= s < F * hop})
+        if self.pending_boundary and (not first_frames or first_frames[0] != 0):
+            first_frames.insert(0, 0)
+        self.pending_boundary = False
+        for frame in first_frames:
+            self.next_segment += 1
+            cur[frame:] = self.next_segment
+            self.counters.boundaries += 1
+
+    def _pairs(self, have_negatives: bool) -> Pairs:
+        K, F = self.K, self.F
+        gen = self.generator
+        j = torch.arange(F)
+        offset = torch.arange(1, K + 1)[:, None]
+        future = (K + j).expand(K, F)  # (K, F)
+        context = K + j - offset  # (K, F)
+        valid = torch.cat([self.ring_valid, torch.ones(F, dtype=torch.bool)])[context]
+        crossing = self.segment[context] != self.segment[future]  # natural negatives
+        replay = K + F + torch.randint(0, F, (K, F), generator=gen)
+
+        if self.config.rule.schedule is Schedule.EITHER:
+            positive = torch.rand(K, F, generator=gen) < 0.5
+            use_replay = ~crossing & ~positive
+            candidate = torch.where(use_replay, replay, future)
+            label = torch.where(crossing | ~positive, -1.0, 1.0)
+            valid = valid & ~(use_replay & (not have_negatives))
+        else:
+            n = self.config.rule.num_negatives
+            extra = [replay] + [
+                K + F + torch.randint(0, F, (K, F), generator=gen) for _ in range(n - 1)
+            ]
+            candidate = torch.cat([future, *extra], dim=1)  # (K, (1 + n) F)
+            context = context.repeat(1, 1 + n)
+            label = torch.cat([torch.where(crossing, -1.0, 1.0), -torch.ones(K, n * F)], dim=1)
+            valid = torch.cat([valid, *[valid & have_negatives for _ in range(n)]], dim=1)
+
+        weight = valid.to(torch.float32)
+        weight /= weight.sum().clamp(min=1.0)
+        return Pairs(context=context, candidate=candidate, label=label, weight=weight)
+
+    @torch.no_grad()
+    def step(
+        self, samples: np.ndarray | torch.Tensor, starts: Sequence[int] = (), overflows: int = 0
+    ) -> bool:
+        """Learn from one block of ``block_samples`` mono samples at the config's rate.
+
+        ``starts`` are sample offsets in the block where a new recording begins. Returns
+        False when the block was refused (non-finite samples); nothing is changed then.
+        """
+        c = self.counters
+        c.blocks += 1
+        c.overflows += overflows
+        samples = torch.as_tensor(samples, dtype=torch.float32)
+        if samples.shape != self.block.shape:
+            raise ValueError(
+                f"expected a block of {self.block.numel()} samples, got {tuple(samples.shape)}"
+            )
+        if not self._admit(samples):
+            return False
+        block_index = c.blocks_learned
+
+        # Segments, negatives and pairs for this block: shared by every layer.
+        self._segments(starts)
+        negative = self.pool.draw(block_index, self.generator)
+        if negative is None:
+            c.negatives_unavailable_blocks += 1
+        pairs = self._pairs(negative is not None)
+        pairs_used = int((pairs.weight > 0).sum())
+
+        # Layer by layer: forward, rule, update. A layer's input is the previous layer's
+        # output from before that layer's update, and is a constant to this layer.
+        x = self.frontend.stream(self.block)
+        x_neg = self.frontend.fresh(negative) if negative is not None else None
+        lr = self.config.rule.lr
+        for i, layer in enumerate(self.layers):
+            z = layer.forward_block(x)
+            z_neg = layer.forward_negative(x_neg) if x_neg is not None else None
+            update = clapp_step(
+                layer.x_rows, layer.z_rows, layer.g, layer.pred, layer.retro, pairs
+            )
+            self._apply(layer, update, lr)
+            self.meters[i].add(update, pairs_used)
+            self.interval[i].add(update, pairs_used)
+            layer.commit_block()
+            x, x_neg = z, z_neg
+
+        # Keep the last K frames' segment ids as the ring's; remember this block.
+        K, F = self.K, self.F
+        self.segment[:K] = self.segment[F:]
+        self.ring_valid.fill_(True)
+        self.pool.offer(self.block, block_index, self.generator)
+        c.blocks_learned += 1
+        return True
+
+    def _apply(self, layer: ClappLayer, update: RuleStep, lr: float) -> None:
+        deltas = [update.weight, update.bias, update.pred]
+        if update.retro is not None:
+            deltas.append(update.retro)
+        if not all(bool(torch.isfinite(d).all()) for d in deltas):
+            self.counters.updates_rejected_nonfinite += 1
+            log.warning("a non-finite update was rejected; weights are unchanged")
+            return
+        layer.weight.add_(update.weight, alpha=lr)
+        layer.bias.add_(update.bias, alpha=lr)
+        layer.pred.add_(update.pred, alpha=lr)
+        if layer.retro is not None:
+            layer.retro.add_(update.retro, alpha=lr)
+
+    def take_interval(self) -> list[dict[str, float]]:
+        """Per-layer means since the previous call (for progress display)."""
+        out = [m.summary() for m in self.interval]
+        self.interval = [LayerMeter() for _ in self.layers]
+        return out
+
+    # -- inference ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, samples: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        """Frame vectors of every layer for a whole recording, starting from zero state:
+        (S,) -> [(S // frame_hop, C_l) for each layer]. Does not touch the stream state."""
+        hop = self.config.frontend.frame_hop
+        samples = torch.as_tensor(samples, dtype=torch.float32)
+        samples = samples[: samples.numel() // hop * hop]
+        x = self.frontend.sequence(samples)
+        out = []
+        for layer in self.layers:
+            x = layer.forward_sequence(x)
+            out.append(pool_frames(x, layer.g))
+        return out
