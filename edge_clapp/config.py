@@ -146,7 +146,7 @@ class RuleConfig:
     offsets: int = 12
     schedule: Schedule = Schedule.EITHER
     num_negatives: int = 1
-    lr: float = 0.01
+    lr: float = 0.1
     pred_init_std: float = 0.1
 
     def __post_init__(self) -> None:
@@ -233,6 +233,18 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
 
+    def to_toml(self) -> str:
+        """The config as TOML that ``--config`` reads back to an equal config."""
+        data = self.to_dict()
+        lines = [f"{k} = {_toml_value(data[k])}" for k in ("preset", "seed")]
+        for section in ("frontend", "rule", "stream"):
+            lines += ["", f"[{section}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items()]
+        for layer in data["layers"]:
+            lines += ["", "[[layers]]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in layer.items()]
+        return "\n".join(lines) + "\n"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         data = copy.deepcopy(data)
@@ -252,6 +264,14 @@ class Config:
         return cls(**data, **sections)
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
 def _enum_value(obj: Any) -> Any:
     if isinstance(obj, Enum):
         return obj.value
@@ -264,21 +284,21 @@ def _conv(channels: int, kernel: int, stride: int) -> dict[str, Any]:
 
 # Raw-waveform stack after Greedy InfoMax's audio encoder: kernels 10, 8, 4, 4, 4 and
 # strides 5, 4, 2, 2, 2 (160 samples = 10 ms per output at 16 kHz), narrowed from 512 to
-# 96 channels so the learner streams well faster than real time on two CPU cores.
+# 128 channels so the learner streams well faster than real time on two CPU cores.
 _RAW_KERNELS = ((10, 5), (8, 4), (4, 2), (4, 2), (4, 2))
 
 PRESETS: dict[str, dict[str, Any]] = {
     "raw": {
         "frontend": {"kind": "raw"},
-        "layers": [_conv(96, k, s) for k, s in _RAW_KERNELS],
-        "rule": {"variant": "clapp", "offsets": 12, "schedule": "either", "lr": 0.01},
+        "layers": [_conv(128, k, s) for k, s in _RAW_KERNELS],
+        "rule": {"variant": "clapp", "offsets": 12, "schedule": "either", "lr": 0.1},
         "stream": {"block_frames": 100, "replay_capacity": 16},
     },
     # The published width (512), for reference runs; far slower than real time x20 here.
     "raw-gim": {
         "frontend": {"kind": "raw"},
         "layers": [_conv(512, k, s) for k, s in _RAW_KERNELS],
-        "rule": {"variant": "clapp", "offsets": 12, "schedule": "either", "lr": 0.01},
+        "rule": {"variant": "clapp", "offsets": 12, "schedule": "either", "lr": 0.1},
         "stream": {"block_frames": 100, "replay_capacity": 16},
     },
     # A microcontroller-sized learner: 32 log-mel bands, two temporal convolutions and a
@@ -290,14 +310,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             _conv(48, 3, 1),
             {"kind": "linear", "channels": 48},
         ],
-        "rule": {"variant": "clapp", "offsets": 4, "schedule": "either", "lr": 0.01},
+        "rule": {"variant": "clapp", "offsets": 4, "schedule": "either", "lr": 0.1},
         "stream": {"block_frames": 20, "replay_capacity": 8},
     },
     # For smoke tests: the raw geometry with 8 channels.
     "tiny": {
         "frontend": {"kind": "raw"},
         "layers": [_conv(8, k, s) for k, s in _RAW_KERNELS],
-        "rule": {"variant": "clapp", "offsets": 4, "schedule": "either", "lr": 0.01},
+        "rule": {"variant": "clapp", "offsets": 4, "schedule": "either", "lr": 0.1},
         "stream": {"block_frames": 20, "replay_capacity": 4},
     },
 }

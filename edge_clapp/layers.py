@@ -51,11 +51,12 @@ class ClappLayer:
         patch = in_channels * config.kernel
         channels = config.channels
 
-        # Parameters: uniform init with the fan-in bound of torch's conv/linear default;
-        # prediction matrices small so the first scores sit well inside the margin.
-        bound = 1.0 / math.sqrt(patch)
-        self.weight = (torch.rand(channels, patch, generator=generator) * 2 - 1) * bound
-        self.bias = (torch.rand(channels, generator=generator) * 2 - 1) * bound
+        # Parameters: He-normal weights (relu keeps the activation scale from layer to
+        # layer, so deep layers do not start with vanishing scores), zero bias; prediction
+        # matrices small so the first scores sit well inside the margin.
+        std = math.sqrt(2.0 / patch)
+        self.weight = torch.randn(channels, patch, generator=generator) * std
+        self.bias = torch.zeros(channels)
         std = rule.pred_init_std / math.sqrt(channels)
         self.pred = torch.randn(rule.offsets, channels, channels, generator=generator) * std
         self.retro = None

@@ -1,0 +1,177 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON; no pickle anywhere.
+
+Layout of a checkpoint folder::
+
+    meta.json                 format, resolved config, counters, meters, which state file
+    state-<blocks>.safetensors every tensor of the learner, plus the RNG state
+
+Writes are atomic: the state file is written under a temporary name, flushed and renamed;
+then ``meta.json`` is replaced the same way, and only then are older state files removed.
+A crash at any point leaves the previous ``meta.json`` and the state file it names intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from edge_clapp.config import Config
+from edge_clapp.errors import CheckpointError, ConfigError
+from edge_clapp.learner import Counters, LayerMeter, OnlineLearner
+
+FORMAT = "edge_clapp.checkpoint/1"
+META = "meta.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write via ``write(tmp_path)`` then rename over ``path``; the tmp file never lingers."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    learner: OnlineLearner, folder: str | Path, extra: dict | None = None
+) -> Path:
+    """Write the learner's full state into ``folder`` (created if needed)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {name: t.contiguous() for name, t in learner.tensors().items()}
+        tensors["generator"] = learner.generator.get_state()
+        state_name = f"state-{learner.counters.blocks:09d}.safetensors"
+        state_path = folder / state_name
+        _write_atomic(state_path, lambda p: save_file(tensors, str(p)))
+        meta = {
+            "format": FORMAT,
+            "state_file": state_name,
+            "sha256": _sha256(state_path),
+            "config": learner.config.to_dict(),
+            "counters": dataclasses.asdict(learner.counters),
+            "meters": [dataclasses.asdict(m) for m in learner.meters],
+            "next_segment": learner.next_segment,
+            "pending_boundary": learner.pending_boundary,
+            "extra": extra or {},
+        }
+        text = json.dumps(meta, indent=2)
+        _write_atomic(folder / META, lambda p: p.write_text(text))
+        _fsync_dir(folder)
+        for old in folder.glob("state-*.safetensors"):
+            if old.name != state_name:
+                old.unlink(missing_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write a checkpoint to {str(folder)!r}: {exc.strerror or exc}; "
+            "choose a writable folder with free space"
+        ) from None
+    return folder
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / META
+    if not path.is_file():
+        raise CheckpointError(
+            f"{str(folder)!r} is not an edge_clapp checkpoint (no {META}); "
+            "pass the checkpoint folder a learn run wrote (DIR/checkpoint)"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is corrupt (not JSON: {exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(
+            f"{str(path)!r} has format {found!r}, expected {FORMAT!r}: not a checkpoint "
+            "this version of edge_clapp wrote"
+        )
+    return meta
+
+
+def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
+    """Rebuild the learner exactly as it was saved. Returns (learner, extra)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    try:
+        config = Config.from_dict(meta["config"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"the config in {str(folder)!r} is invalid: {exc}") from None
+    state_path = folder / str(meta.get("state_file", ""))
+    if not state_path.is_file():
+        raise CheckpointError(f"{str(state_path)!r} named by {META} is missing")
+    if _sha256(state_path) != meta.get("sha256"):
+        raise CheckpointError(
+            f"{str(state_path)!r} does not match the checksum in {META}: the file is corrupt"
+        )
+    try:
+        tensors = load_file(str(state_path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read {str(state_path)!r}: {exc}") from None
+
+    learner = OnlineLearner(config)
+    expected = learner.tensors()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected) - {"generator"})
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{str(state_path)!r} does not fit its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    for name, target in expected.items():
+        source = tensors[name]
+        if source.shape != target.shape or source.dtype != target.dtype:
+            raise CheckpointError(
+                f"{name}: checkpoint has {tuple(source.shape)} {source.dtype}, the config "
+                f"needs {tuple(target.shape)} {target.dtype}"
+            )
+        target.copy_(source)
+    if "generator" not in tensors:
+        raise CheckpointError(f"{str(state_path)!r} lacks the random generator state")
+    learner.generator.set_state(tensors["generator"])
+    try:
+        learner.counters = Counters(**meta["counters"])
+        learner.meters = [LayerMeter(**m) for m in meta["meters"]]
+        learner.next_segment = int(meta["next_segment"])
+        learner.pending_boundary = bool(meta["pending_boundary"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{META} in {str(folder)!r} is incomplete: {exc}") from None
+    if len(learner.meters) != len(learner.layers):
+        raise CheckpointError(f"{META} in {str(folder)!r} has meters for the wrong layers")
+    weights_ok = all(
+        torch.isfinite(t).all() for t in expected.values() if t.is_floating_point()
+    )
+    if not weights_ok:
+        raise CheckpointError(f"{str(state_path)!r} holds non-finite values")
+    return learner, meta.get("extra", {})

@@ -1,0 +1,179 @@
+"""The online learner on real speech: it learns, its memory is fixed, bad samples are refused,
+and a resumed run is bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from edge_clapp.checkpoint import load_checkpoint, save_checkpoint
+from edge_clapp.config import resolve_config
+from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
+from edge_clapp.evaluate import score_gap
+from edge_clapp.learner import OnlineLearner
+from tests.helpers import assert_close
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """Real recordings (klettres-data): training stream and held-out files, 16 kHz."""
+    train, held_out = split_recordings(klettres_recordings())
+    train_audio = [read_mono(r.path, 16000) for r in train[::3]]
+    held_audio = [read_mono(r.path, 16000) for r in held_out[::6]]
+    return train_audio, held_audio
+
+
+def stream_blocks(recordings, block_samples, seconds=None):
+    """Concatenate recordings and cut into blocks, yielding (samples, starts)."""
+    stream = np.concatenate(recordings)
+    bounds = np.cumsum([0] + [len(r) for r in recordings])[:-1]
+    n = len(stream) // block_samples
+    if seconds is not None:
+        n = min(n, int(seconds * 16000) // block_samples)
+    for b in range(n):
+        lo, hi = b * block_samples, (b + 1) * block_samples
+        yield stream[lo:hi], [int(s - lo) for s in bounds if lo <= s < hi]
+
+
+def all_finite(learner):
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in learner.tensors().values()
+        if t.is_floating_point()
+    )
+
+
+def test_learning_widens_the_held_out_score_gap(speech):
+    train_audio, held_audio = speech
+    learner = OnlineLearner(resolve_config("raw", overrides={"seed": 0}))
+    before = score_gap(learner, held_audio)
+    for samples, starts in stream_blocks(train_audio, learner.config.block_samples, 400):
+        assert learner.step(samples, starts)
+    after = score_gap(learner, held_audio)
+    gains = [a["gap"] - b["gap"] for a, b in zip(after, before, strict=True)]
+    # Every layer separates held-out futures from other recordings better than at init,
+    # by at least 0.1 (the hinge margin is 1).
+    assert min(gains) > 0.1, f"gap gains per layer: {gains}"
+    assert learner.counters.blocks_learned == learner.counters.blocks
+    assert all_finite(learner)
+
+
+def test_state_is_fixed_over_100k_frames(speech):
+    """100,000 frames (1,000 s) of real speech: state_bytes constant, heap flat."""
+    train_audio, _ = speech
+    learner = OnlineLearner(resolve_config("tiny", overrides={"stream": {"block_frames": 100}}))
+    config = learner.config
+    before_first_sample = learner.state_bytes
+    names_shapes = {k: (v.shape, v.dtype, v.data_ptr()) for k, v in learner.tensors().items()}
+    loop = np.concatenate(train_audio)
+    frames_needed = 100_000
+    blocks_needed = frames_needed // config.stream.block_frames
+    per_loop = len(loop) // config.block_samples
+
+    def blocks():
+        for b in range(blocks_needed):
+            i = b % per_loop
+            yield (
+                loop[i * config.block_samples : (i + 1) * config.block_samples],
+                ([0] if i == 0 else []),
+            )
+
+    it = blocks()
+    for _ in range(50):  # warm-up: pool filled, allocator caches settled
+        learner.step(*next(it))
+    gc.collect()
+    tracemalloc.start()
+    base, _ = tracemalloc.get_traced_memory()
+    for samples, starts in it:
+        learner.step(samples, starts)
+    gc.collect()
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    frames = learner.counters.blocks_learned * config.stream.block_frames
+    assert frames >= frames_needed
+    assert learner.state_bytes == before_first_sample
+    # Same tensors, same storage: nothing was reallocated while streaming.
+    assert {k: (v.shape, v.dtype, v.data_ptr()) for k, v in learner.tensors().items()} == (
+        names_shapes
+    )
+    # Python heap growth bound: 64 KiB over 950 blocks (the counters are plain ints).
+    assert current - base < 64 * 1024, f"heap grew by {current - base} bytes"
+    assert all_finite(learner)
+
+
+def _run(learner, blocks):
+    for samples, starts in blocks:
+        learner.step(samples, starts)
+
+
+def test_resume_is_bit_identical(speech, tmp_path):
+    train_audio, _ = speech
+    config = resolve_config("tiny", overrides={"seed": 7})
+    blocks = list(stream_blocks(train_audio[:20], config.block_samples))
+    assert len(blocks) > 40
+    half = len(blocks) // 2
+
+    straight = OnlineLearner(config)
+    _run(straight, blocks)
+
+    first = OnlineLearner(config)
+    _run(first, blocks[:half])
+    save_checkpoint(first, tmp_path / "ckpt")
+    resumed, _ = load_checkpoint(tmp_path / "ckpt")
+    _run(resumed, blocks[half:])
+
+    expected = straight.tensors()
+    for name, tensor in resumed.tensors().items():
+        assert_close(tensor, expected[name], name=name)
+    assert resumed.counters == straight.counters
+    assert resumed.meters == straight.meters
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_blocks_are_refused_and_counted(speech, bad):
+    train_audio, _ = speech
+    learner = OnlineLearner(resolve_config("tiny"))
+    blocks = list(stream_blocks(train_audio[:5], learner.config.block_samples, 20))
+    _run(learner, blocks[:10])
+    snapshot = {k: v.clone() for k, v in learner.tensors().items()}
+    samples = blocks[10][0].copy()
+    samples[::97] = bad
+    assert learner.step(samples) is False
+    for name, tensor in learner.tensors().items():
+        assert_close(tensor, snapshot[name], name=name)
+    assert learner.counters.blocks_skipped_nonfinite == 1
+    assert learner.counters.nonfinite_samples == len(samples[::97])
+    # The next good block starts a new segment: no pair spans the gap as a positive.
+    boundaries = learner.counters.boundaries
+    assert learner.step(blocks[11][0])
+    assert learner.counters.boundaries == boundaries + 1
+    assert all_finite(learner)
+
+
+def test_silence_and_clipping_keep_weights_finite(speech):
+    train_audio, _ = speech
+    learner = OnlineLearner(resolve_config("tiny"))
+    n = learner.config.block_samples
+    blocks = list(stream_blocks(train_audio[:5], n, 10))
+    _run(learner, blocks[:5])
+    for _ in range(20):
+        assert learner.step(np.zeros(n, np.float32))
+    assert learner.counters.silent_blocks == 20
+    loud = np.clip(blocks[5][0] * 1e6, -3e38, 3e38).astype(np.float32)  # hard clipped, huge
+    for _ in range(20):
+        assert learner.step(loud)
+    assert learner.counters.out_of_range_samples > 0
+    assert learner.counters.saturated_samples >= learner.counters.out_of_range_samples
+    _run(learner, blocks[6:])
+    assert all_finite(learner)
+
+
+def test_wrong_block_length_is_an_error():
+    learner = OnlineLearner(resolve_config("tiny"))
+    with pytest.raises(ValueError, match="expected a block of 3200 samples"):
+        learner.step(np.zeros(100, np.float32))
