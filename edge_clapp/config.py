@@ -252,16 +252,29 @@ class Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
-        try:
-            sections = {
-                "frontend": FrontendConfig(**data.pop("frontend", {})),
-                "rule": RuleConfig(**data.pop("rule", {})),
-                "stream": StreamConfig(**data.pop("stream", {})),
-                "layers": [LayerConfig(**layer) for layer in data.pop("layers", [])],
-            }
-        except TypeError as exc:
-            raise ConfigError(f"bad config section: {exc}") from None
+        layers = data.pop("layers", [])
+        if not isinstance(layers, list):
+            raise ConfigError("layers must be an array of tables ([[layers]] in TOML)")
+        sections = {
+            "frontend": _section(FrontendConfig, data.pop("frontend", {}), "frontend"),
+            "rule": _section(RuleConfig, data.pop("rule", {}), "rule"),
+            "stream": _section(StreamConfig, data.pop("stream", {}), "stream"),
+            "layers": [
+                _section(LayerConfig, layer, f"layers[{i}]") for i, layer in enumerate(layers)
+            ],
+        }
         return cls(**data, **sections)
+
+
+def _section(cls: type, value: Any, where: str) -> Any:
+    """One config table as its dataclass; unknown keys are named with the known ones."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{where}] must be a table of keys, got {value!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown} in [{where}]; known: {sorted(known)}")
+    return cls(**value)
 
 
 def _toml_value(value: Any) -> str:

@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(libportaudio2 libsndfile1 pulseaudio pulseaudio-utils klettres-data)
+# libasound2-plugins: the ALSA `pulse` device through which PortAudio (ALSA only in
+# Debian's build) reaches PulseAudio; pulseaudio depends on it, named here as it is used.
+DEBIAN_PACKAGES=(libportaudio2 libasound2-plugins libsndfile1 pulseaudio pulseaudio-utils
+    klettres-data)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

@@ -1,0 +1,219 @@
+"""The ``edge-clapp`` command: learn, devices, demo.
+
+Expected failures (bad input, no device, bad checkpoint) print one line on stderr and exit
+with status 2; an interrupted run exits 130 after writing its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_clapp import __version__
+from edge_clapp.config import PRESETS, resolve_config
+from edge_clapp.errors import EdgeClappError, SourceError
+
+log = logging.getLogger("edge_clapp")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    rule = {
+        key: getattr(args, key)
+        for key in ("lr", "variant", "schedule", "offsets")
+        if getattr(args, key, None) is not None
+    }
+    out: dict[str, Any] = {"rule": rule} if rule else {}
+    if getattr(args, "seed", None) is not None:
+        out["seed"] = args.seed
+    return out
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), help="base configuration (default raw)")
+    p.add_argument("--config", metavar="FILE", help="TOML file applied over the preset")
+    p.add_argument("--seed", type=int, help="random seed (weights, schedule, replay)")
+    p.add_argument("--lr", type=float, help="learning rate of the rule")
+    p.add_argument("--variant", choices=["clapp", "clapp-s"], help="rule variant")
+    p.add_argument("--schedule", choices=["either", "both"], help="candidate schedule")
+    p.add_argument("--offsets", type=int, help="prediction offsets K (frames ahead)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-clapp",
+        description="On-device learning with the CLAPP rule from audio streams.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge_clapp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    learn = sub.add_parser("learn", help="learn online from a file, a folder or a microphone")
+    learn.add_argument(
+        "--source",
+        metavar="SRC",
+        help="audio file, folder of audio files, `mic` or `mic:NAME` "
+        "(with --resume: defaults to the run's source)",
+    )
+    learn.add_argument("--out", metavar="DIR", help="run folder (with --resume: that run)")
+    _add_config_options(learn)
+    learn.add_argument("--max-seconds", type=float, help="stop after this much audio")
+    learn.add_argument(
+        "--checkpoint-every",
+        type=float,
+        metavar="SECONDS",
+        help="audio seconds between checkpoints",
+    )
+    learn.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    learn.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub.add_parser("devices", help="list the audio inputs sounddevice can open")
+
+    demo = sub.add_parser(
+        "demo", help="learn from klettres-data speech and probe the language of held-out files"
+    )
+    demo.add_argument("--out", metavar="DIR", default="runs/demo", help="default runs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--preset", choices=sorted(PRESETS), default="raw")
+    demo.add_argument("--max-seconds", type=float, help="learn from at most this much audio")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from edge_clapp.checkpoint import load_checkpoint
+    from edge_clapp.learner import OnlineLearner
+    from edge_clapp.progress import ProgressBar, print_metrics
+    from edge_clapp.session import run
+    from edge_clapp.sources import open_source
+
+    if args.resume:
+        clashing = [
+            f"--{k}"
+            for k in ("preset", "config", "seed", "lr", "variant", "schedule", "offsets")
+            if getattr(args, k) is not None
+        ]
+        if clashing:
+            raise EdgeClappError(
+                f"{', '.join(clashing)} cannot change a resumed run: --resume continues with "
+                "the config saved in the run; start a new run to change it"
+            )
+        resume = Path(args.resume)
+        folder = resume / "checkpoint" if (resume / "checkpoint").is_dir() else resume
+        learner, extra = load_checkpoint(folder)
+        out = Path(args.out) if args.out else folder.parent
+        spec = args.source or extra.get("source_spec")
+        skip = int(extra.get("samples_consumed", 0)) if spec == extra.get("source_spec") else 0
+        if spec is None:
+            raise EdgeClappError("--resume needs --source: the run did not record its source")
+    else:
+        if not args.source or not args.out:
+            raise EdgeClappError("learn needs --source SRC and --out DIR (see --help)")
+        if (Path(args.out) / "checkpoint").exists():
+            raise EdgeClappError(
+                f"'{args.out}' already holds a run: continue it with --resume {args.out}, "
+                "or pass another --out"
+            )
+        config = resolve_config(args.preset or "raw", args.config, _overrides(args))
+        learner = OnlineLearner(config)
+        out, spec, skip = Path(args.out), args.source, 0
+
+    config = learner.config
+    try:
+        source = open_source(
+            spec,
+            sample_rate=config.frontend.sample_rate,
+            block_samples=config.block_samples,
+            skip_samples=skip,
+        )
+    except SourceError as exc:
+        if not skip:
+            raise
+        raise SourceError(
+            f"{exc}. The resumed run has already learned from the first "
+            f"{skip / config.frontend.sample_rate:.1f} s of '{spec}': pass --source with "
+            "more audio to go on learning"
+        ) from exc
+    total = args.max_seconds or getattr(source, "total_seconds", None)
+    log.info(
+        "learning from %s with preset %s: state %.2f MB fixed before the stream starts",
+        source.description,
+        config.preset,
+        learner.state_bytes / 1e6,
+    )
+    bar = None if args.quiet else ProgressBar(total)
+    try:
+        result = run(
+            learner,
+            source,
+            out,
+            max_seconds=args.max_seconds,
+            checkpoint_every=args.checkpoint_every,
+            on_progress=bar.update if bar else None,
+            resume_info={"source_spec": spec},
+        )
+    finally:
+        if bar:
+            bar.close()
+    print_metrics(result, out)
+    return 130 if result["interrupted"] else 0
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from edge_clapp.sources import list_input_devices
+
+    devices = list_input_devices()
+    if not devices:
+        print(
+            "no audio input devices: connect a microphone or start an audio server "
+            "(PulseAudio), then run `edge-clapp devices` again"
+        )
+        return 1
+    print(f"{'index':>5}  {'channels':>8}  {'rate':>7}  name")
+    for d in devices:
+        mark = "  (default)" if d.get("is_default") else ""
+        print(
+            f"{d['index']:>5}  {d['max_input_channels']:>8}  "
+            f"{d['default_samplerate']:>7.0f}  {d['name']}{mark}"
+        )
+    print("use one with: edge-clapp learn --source mic:NAME (or mic for the default)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge_clapp.demo import run_demo
+
+    run_demo(
+        out=Path(args.out),
+        preset=args.preset,
+        seed=args.seed,
+        max_seconds=args.max_seconds,
+        show_progress=not args.quiet,
+    )
+    return 0
+
+
+COMMANDS = {"learn": _cmd_learn, "devices": _cmd_devices, "demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="edge-clapp: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeClappError as exc:
+        print(f"edge-clapp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edge-clapp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
