@@ -268,18 +268,30 @@ class OnlineLearner:
         return True
 
     def _apply(self, layer: ClappLayer, update: RuleStep, lr: float) -> None:
-        deltas = [update.weight, update.bias, update.pred]
-        if update.retro is not None:
-            deltas.append(update.retro)
-        if not all(bool(torch.isfinite(d).all()) for d in deltas):
-            self.counters.updates_rejected_nonfinite += 1
-            log.warning("a non-finite update was rejected; weights are unchanged")
-            return
-        layer.weight.add_(update.weight, alpha=lr)
-        layer.bias.add_(update.bias, alpha=lr)
-        layer.pred.add_(update.pred, alpha=lr)
+        """Adds lr x the update to the layer, or nothing if any result would be non-finite."""
+        pairs = [
+            (layer.weight, update.weight),
+            (layer.bias, update.bias),
+            (layer.pred, update.pred),
+        ]
         if layer.retro is not None:
-            layer.retro.add_(update.retro, alpha=lr)
+            pairs.append((layer.retro, update.retro))
+        # The sum is checked, not only the update: a finite step can still overflow.
+        updated = [torch.add(param, delta, alpha=lr) for param, delta in pairs]
+        if all(bool(torch.isfinite(u).all()) for u in updated):
+            for (param, _), new in zip(pairs, updated, strict=True):
+                param.copy_(new)
+            return
+        rejected = self.counters.updates_rejected_nonfinite = (
+            self.counters.updates_rejected_nonfinite + 1
+        )
+        if math.log10(rejected).is_integer():  # the 1st, 10th, 100th, ...: no flood
+            log.warning(
+                "%d non-finite layer update(s) rejected so far (weights left unchanged "
+                "by them): the learning rate is probably too high for this input; "
+                "lower --lr",
+                rejected,
+            )
 
     def take_interval(self) -> list[dict[str, float]]:
         """Per-layer means since the previous call (for progress display)."""

@@ -177,3 +177,35 @@ def test_wrong_block_length_is_an_error():
     learner = OnlineLearner(resolve_config("tiny"))
     with pytest.raises(ValueError, match="expected a block of 3200 samples"):
         learner.step(np.zeros(100, np.float32))
+
+
+def test_runaway_learning_rate_keeps_weights_finite_and_warns_sparingly(speech, caplog):
+    """lr = 1e12 drives the scores to overflow: such updates are rejected and counted, the
+    weights stay finite, and the warning comes at the 1st, 10th, 100th... rejection only."""
+    train_audio, _ = speech
+    learner = OnlineLearner(resolve_config("tiny", overrides={"seed": 3, "rule": {"lr": 1e12}}))
+    with caplog.at_level("WARNING", logger="edge_clapp.learner"):
+        _run(learner, stream_blocks(train_audio[:40], learner.config.block_samples))
+    rejected = learner.counters.updates_rejected_nonfinite
+    assert rejected >= 10, learner.counters
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == len(str(rejected)), warnings  # 1, 10, 100, ... up to `rejected`
+    assert (
+        warnings[0].startswith("1 non-finite layer update(s) rejected")
+        and "--lr" in warnings[0]
+    )
+    assert all_finite(learner)
+
+
+def test_mcu_preset_learns_on_speech_without_diverging(speech):
+    """The microcontroller preset (log-mel front end, linear last layer) on real speech."""
+    train_audio, held_audio = speech
+    learner = OnlineLearner(resolve_config("mcu", overrides={"seed": 1}))
+    before = score_gap(learner, held_audio)
+    for samples, starts in stream_blocks(train_audio, learner.config.block_samples, 300):
+        assert learner.step(samples, starts)
+    after = score_gap(learner, held_audio)
+    gains = [a["gap"] - b["gap"] for a, b in zip(after, before, strict=True)]
+    assert min(gains) > 0.5, f"gap gains per layer: {gains}"
+    assert learner.counters.updates_rejected_nonfinite == 0
+    assert all_finite(learner)
