@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--out", metavar="DIR", help="run folder (with --resume: that run)")
     _add_config_options(learn)
-    learn.add_argument("--max-seconds", type=float, help="stop after this much audio")
+    learn.add_argument("--max-seconds", type=_seconds, help="stop after this much audio")
     learn.add_argument(
         "--checkpoint-every",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="audio seconds between checkpoints",
     )
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", metavar="DIR", default="runs/demo", help="default runs/demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--preset", choices=sorted(PRESETS), default="raw")
-    demo.add_argument("--max-seconds", type=float, help="learn from at most this much audio")
+    demo.add_argument("--max-seconds", type=_seconds, help="learn from at most this much audio")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -104,10 +105,16 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         folder = resume / "checkpoint" if (resume / "checkpoint").is_dir() else resume
         learner, extra = load_checkpoint(folder)
         out = Path(args.out) if args.out else folder.parent
-        spec = args.source or extra.get("source_spec")
-        skip = int(extra.get("samples_consumed", 0)) if spec == extra.get("source_spec") else 0
+        if out.resolve() != folder.parent.resolve() and (out / "checkpoint").exists():
+            raise EdgeClappError(
+                f"'{out}' already holds another run: pass an empty --out, or leave --out "
+                f"out to continue in '{folder.parent}'"
+            )
+        spec = _source_key(args.source) if args.source else extra.get("source_spec")
         if spec is None:
             raise EdgeClappError("--resume needs --source: the run did not record its source")
+        same = spec == extra.get("source_spec") and not _is_mic(spec)
+        skip = int(extra.get("samples_consumed", 0)) if same else 0
     else:
         if not args.source or not args.out:
             raise EdgeClappError("learn needs --source SRC and --out DIR (see --help)")
@@ -117,8 +124,14 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 "or pass another --out"
             )
         config = resolve_config(args.preset or "raw", args.config, _overrides(args))
-        learner = OnlineLearner(config)
-        out, spec, skip = Path(args.out), args.source, 0
+        try:
+            learner = OnlineLearner(config)
+        except (MemoryError, RuntimeError) as exc:
+            raise EdgeClappError(
+                f"the learner for this config does not fit in memory ({exc}): use fewer "
+                "channels, offsets or a smaller replay pool"
+            ) from None
+        out, spec, skip = Path(args.out), _source_key(args.source), 0
 
     config = learner.config
     try:
@@ -144,6 +157,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         learner.state_bytes / 1e6,
     )
     bar = None if args.quiet else ProgressBar(total)
+    learned_before = learner.counters.blocks_learned
     try:
         result = run(
             learner,
@@ -153,12 +167,40 @@ def _cmd_learn(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             on_progress=bar.update if bar else None,
             resume_info={"source_spec": spec},
+            source_offset=skip,
         )
     finally:
         if bar:
             bar.close()
     print_metrics(result, out)
+    refused = result["counters"]["blocks_skipped_nonfinite"]
+    if learner.counters.blocks_learned == learned_before and refused:
+        raise EdgeClappError(
+            f"nothing was learned: every block of {source.description} held NaN or Inf "
+            "samples and was refused; check the recording (the run's state is unchanged)"
+        )
     return 130 if result["interrupted"] else 0
+
+
+def _is_mic(spec: str) -> bool:
+    return spec == "mic" or spec.startswith("mic:")
+
+
+def _source_key(spec: str) -> str:
+    """The source as the run records it: files and folders by absolute path, so that
+    --resume finds them from any working directory."""
+    return spec if _is_mic(spec) else str(Path(spec).expanduser().absolute())
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    return value
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
@@ -66,6 +67,8 @@ def _positive(value: Any, name: str, *, integer: bool = True, allow_zero: bool =
     if isinstance(value, bool) or not isinstance(value, kind):
         want = "an integer" if integer else "a number"
         raise ConfigError(f"{name} = {value!r} must be {want}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} = {value!r} must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} = {value!r} must be {'>= 0' if allow_zero else '> 0'}")
     return value
@@ -187,13 +190,30 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed = {self.seed!r} must be an integer >= 0")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < 2**63
+        ):
+            raise ConfigError(f"seed = {self.seed!r} must be an integer in [0, 2**63)")
         if not self.layers:
             raise ConfigError("layers is empty: a config needs at least one layer")
         # Check the frame geometry once, so that every layer pools a whole number of
-        # positions into each frame.
-        self.positions_per_frame()
+        # positions into each frame, and every carry fits in one block.
+        g = self.positions_per_frame()
+        F = self.stream.block_frames
+        for i, layer in enumerate(self.layers):
+            if layer.kernel - layer.stride > F * g[i]:
+                raise ConfigError(
+                    f"layers[{i}].kernel = {layer.kernel} reaches further back than one "
+                    f"block ({F * g[i]} input positions): raise stream.block_frames"
+                )
+        fe = self.frontend
+        if fe.kind is FrontendKind.LOGMEL and fe.win_length - fe.frame_hop > self.block_samples:
+            raise ConfigError(
+                f"frontend.win_length = {fe.win_length} reaches further back than one block "
+                f"({self.block_samples} samples): raise stream.block_frames"
+            )
         if self.stream.block_frames < self.rule.offsets:
             raise ConfigError(
                 f"stream.block_frames = {self.stream.block_frames} is smaller than "
@@ -316,7 +336,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # A microcontroller-sized learner: 32 log-mel bands, two temporal convolutions and a
     # linear layer of 48 units, 4 prediction offsets, a small replay pool. Log-mel inputs
-    # are larger than a waveform's: lr 0.03 diverged on klettres, 0.01 and 0.003 did not.
+    # are larger than a waveform's: lr 0.1 and 0.03 diverged on klettres, 0.01 and 0.003 did
+    # not.
     "mcu": {
         "frontend": {"kind": "logmel", "n_mels": 32},
         "layers": [
@@ -360,8 +381,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {str(path)!r} cannot be read ({exc.strerror}): pass a TOML file"
+        ) from None
 
 
 def resolve_config(

@@ -15,3 +15,7 @@ class ConfigError(EdgeClappError):
 
 class CheckpointError(EdgeClappError):
     """A checkpoint cannot be written or read."""
+
+
+class SessionError(EdgeClappError):
+    """A learning run cannot write its folder, or stopped where its state cannot be saved."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -76,10 +76,10 @@ class Counters:
     saturated_samples: int = 0  # |x| >= SATURATION_LEVEL
     silent_blocks: int = 0
     updates_rejected_nonfinite: int = 0
+    activations_overflowed: int = 0  # layer steps whose outputs overflowed (zeroed)
     negatives_unavailable_blocks: int = 0  # replay pool had no block old enough
     boundaries: int = 0
     overflows: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class OnlineLearner:
@@ -223,13 +223,13 @@ class OnlineLearner:
         False when the block was refused (non-finite samples); nothing is changed then.
         """
         c = self.counters
-        c.blocks += 1
-        c.overflows += overflows
         samples = torch.as_tensor(samples, dtype=torch.float32)
         if samples.shape != self.block.shape:
             raise ValueError(
                 f"expected a block of {self.block.numel()} samples, got {tuple(samples.shape)}"
             )
+        c.blocks += 1
+        c.overflows += overflows
         if not self._admit(samples):
             return False
         block_index = c.blocks_learned
@@ -250,6 +250,7 @@ class OnlineLearner:
         for i, layer in enumerate(self.layers):
             z = layer.forward_block(x)
             z_neg = layer.forward_negative(x_neg) if x_neg is not None else None
+            self._contain_overflow(layer)
             update = clapp_step(
                 layer.x_rows, layer.z_rows, layer.g, layer.pred, layer.retro, pairs
             )
@@ -266,6 +267,22 @@ class OnlineLearner:
         self.pool.offer(self.block, block_index, self.generator)
         c.blocks_learned += 1
         return True
+
+    def _contain_overflow(self, layer: ClappLayer) -> None:
+        """Zeroes activations that overflowed, so that they never enter the rings, the
+        carries or the next layer; the state stays finite and checkpoints loadable.
+
+        Only weights grown far too large (a learning rate too high) overflow here."""
+        if bool(torch.isfinite(layer.z_rows).all()):
+            return
+        layer.z_rows.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        count = self.counters.activations_overflowed = self.counters.activations_overflowed + 1
+        if math.log10(count).is_integer():  # the 1st, 10th, 100th, ...: no flood
+            log.warning(
+                "activations overflowed in %d layer step(s) so far and were zeroed: the "
+                "weights have grown too large; lower --lr",
+                count,
+            )
 
     def _apply(self, layer: ClappLayer, update: RuleStep, lr: float) -> None:
         """Adds lr x the update to the layer, or nothing if any result would be non-finite."""

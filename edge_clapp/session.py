@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_clapp.checkpoint import save_checkpoint
-from edge_clapp.errors import CheckpointError
+from edge_clapp.errors import CheckpointError, SessionError
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.sources import Source
 
@@ -49,7 +52,7 @@ def metrics(
         "state_bytes": learner.state_bytes,
         "parameters": learner.parameter_count(),
         "forward_macs_per_audio_second": learner.macs_per_second(),
-        "counters": {k: v for k, v in c.__dict__.items() if k != "extra"},
+        "counters": dict(c.__dict__),
         "source": source.stats.to_dict() if source is not None else None,
         "layers": [
             {"layer": i + 1, **meter.summary()} for i, meter in enumerate(learner.meters)
@@ -68,7 +71,41 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(_finite_or_none(data), indent=2) + "\n")
+    """Writes ``data`` as JSON through a temporary file, so a reader never sees half."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(_finite_or_none(data), indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SessionError(f"cannot write {str(path)!r} ({exc.strerror})") from None
+
+
+class _DeferInterrupt:
+    """Ctrl-C between blocks: the first one asks the loop to stop after the block it is in,
+    so that a checkpoint never holds a half-applied step. A second one interrupts at once
+    (``hard`` then tells whether it landed inside a step)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_step = False
+        self.hard = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.hard = self.in_step
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupted: stopping after this block (Ctrl-C again to stop now)")
+
+    def __enter__(self) -> _DeferInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def run(
@@ -81,51 +118,80 @@ def run(
     report_every: float = 1.0,
     on_progress: Callable[[Progress], None] | None = None,
     resume_info: dict[str, Any] | None = None,
+    source_offset: int = 0,
 ) -> dict[str, Any]:
     """Learn from ``source`` until it ends, ``max_seconds`` of audio, or Ctrl-C.
 
     Writes ``out_dir/config.toml`` first, then checkpoints every ``checkpoint_every``
     audio seconds and at the end, and ``out_dir/metrics.json`` at the end. Returns the
     metrics. An interrupted run still writes its checkpoint and metrics. ``resume_info`` is
-    stored in the checkpoint for ``--resume``, with the count of samples consumed.
+    stored in the checkpoint for ``--resume``, with the position in the source:
+    ``source_offset`` (samples skipped at its start) plus the samples consumed here.
     """
     resume_info = resume_info or {}
+    block_samples = learner.config.block_samples
+    blocks_here = 0
 
     def checkpoint() -> None:
-        info = {**resume_info, **_resume_info(learner, source)}
+        info = {
+            **resume_info,
+            "source": source.description,
+            "samples_consumed": source_offset + blocks_here * block_samples,
+        }
         save_checkpoint(learner, out_dir / "checkpoint", info)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.toml").write_text(learner.config.to_toml())
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SessionError(f"--out '{out_dir}' is a file: pass a folder for the run")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.toml").write_text(learner.config.to_toml())
+    except OSError as exc:
+        raise SessionError(
+            f"cannot write the run folder '{out_dir}' ({exc.strerror})"
+        ) from None
     block_seconds = learner.config.block_seconds
     audio = 0.0
     next_checkpoint = checkpoint_every
     started = time.perf_counter()
     last_report = started
-    interrupted = False
+    guard = _DeferInterrupt()
     try:
-        for block in source.blocks():
-            learner.step(block.samples, block.starts, block.overflows)
-            audio += block_seconds
-            now = time.perf_counter()
-            if on_progress is not None and now - last_report >= report_every:
-                on_progress(Progress(audio, now - started, learner.take_interval()))
-                last_report = now
-            if next_checkpoint is not None and audio >= next_checkpoint:
-                checkpoint()
-                next_checkpoint += checkpoint_every
-            if max_seconds is not None and audio >= max_seconds - 1e-9:
-                break
+        with guard:
+            for block in source.blocks():
+                guard.in_step = True
+                learner.step(block.samples, block.starts, block.overflows)
+                guard.in_step = False
+                blocks_here += 1
+                audio += block_seconds
+                now = time.perf_counter()
+                if on_progress is not None and now - last_report >= report_every:
+                    on_progress(Progress(audio, now - started, learner.take_interval()))
+                    last_report = now
+                if next_checkpoint is not None and audio >= next_checkpoint:
+                    checkpoint()
+                    next_checkpoint += checkpoint_every
+                if guard.requested:
+                    break
+                if max_seconds is not None and audio >= max_seconds - 1e-9:
+                    break
     except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted: writing the checkpoint and metrics")
+        guard.requested = True
     finally:
         source.close()
     wall = time.perf_counter() - started
     if on_progress is not None:
         on_progress(Progress(audio, wall, learner.take_interval()))
     result = metrics(learner, source, audio, wall)
-    result["interrupted"] = interrupted
+    result["interrupted"] = guard.requested
+    if guard.hard:
+        # Stopped inside a step: the learner is half-updated and must not be saved.
+        result["checkpoint"] = "not written: interrupted inside a step"
+        write_json(out_dir / "metrics.json", result)
+        raise SessionError(
+            "stopped inside a learning step: the last checkpoint in "
+            f"'{out_dir / 'checkpoint'}' (if any) is kept, this session's progress since "
+            "then is not saved"
+        )
     try:
         checkpoint()
     except CheckpointError:
@@ -133,11 +199,3 @@ def run(
         raise
     write_json(out_dir / "metrics.json", result)
     return result
-
-
-def _resume_info(learner: OnlineLearner, source: Source) -> dict[str, Any]:
-    """What --resume needs to continue the same stream: how many samples were consumed."""
-    return {
-        "source": source.description,
-        "samples_consumed": learner.counters.blocks * learner.config.block_samples,
-    }

@@ -12,8 +12,10 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +295,140 @@ def test_demo_runs_end_to_end_and_reports_both_encoders(tmp_path, capsys):
                              strict=True):  # fmt: skip
         assert after["gap"] > before["gap"] + 0.05, (before, after)
     assert (out / "metrics.json").exists() and (out / "checkpoint" / "meta.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[stream]\nreplay_min_age_seconds = inf\n", "must be a finite number"),
+        ("[rule]\nlr = nan\n", "rule.lr = nan must be a finite number"),
+        ("seed = 9223372036854775808\n", "must be an integer in [0, 2**63)"),
+        (
+            "[stream]\nblock_frames = 2\n[rule]\noffsets = 2\n"
+            "[[layers]]\nkind = 'conv1d'\nchannels = 4\nkernel = 400\nstride = 1\n",
+            "layers[0].kernel = 400 reaches further back than one block",
+        ),
+        ("[frontend]\nkind = 7\n", "frontend.kind = 7 is not valid"),
+        ("[rule]\nlr = 'fast'\n", "must be a number"),
+    ],
+)
+def test_config_values_are_checked_before_any_work(tmp_path, capsys, toml, message):
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    code = main(["learn", "--source", "x.wav", "--out", str(tmp_path / "o"),
+                 "--config", str(config)])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edge-clapp: error: ") and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_config_files_are_refused(tmp_path, capsys):
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes("# caf\xe9\n[rule]\nlr = 0.1\n".encode("latin-1"))
+    for path, message in [(latin, "is not valid TOML"), (tmp_path, "cannot be read")]:
+        code = main(["learn", "--source", "x.wav", "--out", str(tmp_path / "o"),
+                     "--config", str(path)])  # fmt: skip
+        assert code == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+
+
+def test_bad_seconds_options_are_refused_by_the_parser(tmp_path):
+    for option, value in [("--max-seconds", "0"), ("--max-seconds", "nan"),
+                          ("--checkpoint-every", "-1")]:  # fmt: skip
+        result = run_cli("learn", "--source", "mic", "--out", str(tmp_path), option, value)
+        assert result.returncode == 2 and "finite number of seconds > 0" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_an_all_nan_recording_is_an_error_and_changes_nothing(tmp_path, capsys):
+    path = tmp_path / "nan.wav"
+    sf.write(path, np.full(40000, np.nan, np.float32), 16000, subtype="FLOAT")
+    out = tmp_path / "run"
+    code = main(["learn", "--source", str(path), "--out", str(out), "--quiet", "--seed", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nothing was learned" in err and "NaN or Inf" in err, err
+    learner, _ = load_checkpoint(out / "checkpoint")
+    fresh = OnlineLearner(learner.config)
+    for name, tensor in fresh.tensors().items():
+        if name.endswith(("weight", "bias", "pred", "retro")):
+            assert_close(learner.tensors()[name], tensor, name=name)
+    assert read_metrics(out)["counters"]["blocks_skipped_nonfinite"] == 2
+
+
+def test_out_that_is_a_file_is_refused(speech_folder, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code = main(["learn", "--source", str(speech_folder), "--out", str(tmp_path / "file")])
+    assert code == 2 and "is a file" in capsys.readouterr().err
+
+
+def test_resume_after_switching_source_continues_the_new_source(speech_folder, tmp_path):
+    """A run that moved to another source resumes where it left that source."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in sorted((KLETTRES / "nl" / "syllab").glob("*.ogg"))[:12]:
+        shutil.copy(path, other / path.name)
+    out = tmp_path / "run"
+    assert main(["learn", "--source", str(speech_folder), "--out", str(out), "--quiet",
+                 "--max-seconds", "3"]) == 0  # fmt: skip
+    assert main(["learn", "--resume", str(out), "--source", str(other), "--quiet",
+                 "--max-seconds", "2"]) == 0  # fmt: skip
+    extra = load_checkpoint(out / "checkpoint")[1]
+    assert extra["source_spec"] == str(other) and extra["samples_consumed"] == 2 * 16000
+    assert main(["learn", "--resume", str(out), "--quiet", "--max-seconds", "1"]) == 0
+    extra = load_checkpoint(out / "checkpoint")[1]
+    assert extra["samples_consumed"] == 3 * 16000
+    assert load_checkpoint(out / "checkpoint")[0].counters.blocks == 6
+
+
+def test_ctrl_c_saves_a_whole_step_and_resume_is_bit_identical(speech_folder, tmp_path):
+    """SIGINT mid-run: exit 130, a checkpoint at a block boundary, and resuming it gives
+    the weights of a run that was never interrupted."""
+    long_folder = tmp_path / "long"
+    long_folder.mkdir()
+    for path in sorted((KLETTRES / "fr" / "syllab").glob("*.ogg"))[:60]:
+        shutil.copy(path, long_folder / path.name)
+    common = ["--source", str(long_folder), "--seed", "6", "--quiet"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert main(["learn", *common, "--out", str(straight), "--max-seconds", "40"]) == 0
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_clapp.cli",
+            "learn",
+            *common,
+            "--out",
+            str(cut),
+            "--max-seconds",
+            "40",
+            "--checkpoint-every",
+            "1",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (cut / "checkpoint" / "meta.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    done = load_checkpoint(cut / "checkpoint")[0].counters.blocks
+    if process.returncode == 0:
+        pytest.skip(f"the run ended before the signal arrived ({done} blocks)")
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "stopping after this block" in stderr
+    assert 1 <= done < 40
+    assert read_metrics(cut)["interrupted"] is True
+
+    left = str(40 - done)
+    assert main(["learn", "--resume", str(cut), "--quiet", "--max-seconds", left]) == 0
+    expected, _ = load_checkpoint(straight / "checkpoint")
+    resumed, _ = load_checkpoint(cut / "checkpoint")
+    for name, tensor in expected.tensors().items():
+        assert_close(resumed.tensors()[name], tensor, name=name)
+    assert resumed.counters == expected.counters
