@@ -69,6 +69,8 @@ def save_checkpoint(
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*.tmp"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
         tensors = {name: t.contiguous() for name, t in learner.tensors().items()}
         tensors["generator"] = learner.generator.get_state()
         state_name = f"state-{learner.counters.blocks:09d}.safetensors"
@@ -159,14 +161,31 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
         target.copy_(source)
     if "generator" not in tensors:
         raise CheckpointError(f"{str(state_path)!r} lacks the random generator state")
-    learner.generator.set_state(tensors["generator"])
     try:
-        learner.counters = Counters(**meta["counters"])
-        learner.meters = [LayerMeter(**m) for m in meta["meters"]]
-        learner.next_segment = int(meta["next_segment"])
+        learner.generator.set_state(tensors["generator"])
+    except (RuntimeError, TypeError) as exc:
+        raise CheckpointError(
+            f"the generator state in {str(state_path)!r} is invalid: {exc}"
+        ) from None
+    where = f"{META} in {str(folder)!r}"
+    try:
+        counters = dict(meta["counters"])
+        counters.pop("extra", None)  # an unused field of early checkpoints
+        learner.counters = Counters(**_checked(counters, Counters, where, "counters"))
+        learner.meters = [
+            LayerMeter(**_checked(dict(m), LayerMeter, where, f"meters[{i}]"))
+            for i, m in enumerate(meta["meters"])
+        ]
+        next_segment = meta["next_segment"]
+        if type(next_segment) is not int or not 0 <= next_segment < 2**62:
+            raise CheckpointError(f"{where}: next_segment = {next_segment!r} is not valid")
+        learner.next_segment = next_segment
         learner.pending_boundary = bool(meta["pending_boundary"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{META} in {str(folder)!r} is incomplete: {exc}") from None
+        raise CheckpointError(f"{where} is incomplete: {exc}") from None
+    extra = meta.get("extra", {})
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{where}: extra must be an object, got {extra!r}")
     if len(learner.meters) != len(learner.layers):
         raise CheckpointError(f"{META} in {str(folder)!r} has meters for the wrong layers")
     weights_ok = all(
@@ -174,4 +193,24 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
     )
     if not weights_ok:
         raise CheckpointError(f"{str(state_path)!r} holds non-finite values")
-    return learner, meta.get("extra", {})
+    return learner, extra
+
+
+def _checked(values: dict[str, Any], cls: type, where: str, what: str) -> dict[str, Any]:
+    """The fields of ``cls`` from ``values``, each of its declared type (int or float)."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    if set(values) != set(fields):
+        raise CheckpointError(
+            f"{where}: {what} has keys {sorted(values)}, expected {sorted(fields)}"
+        )
+    for name, kind in fields.items():
+        value = values[name]
+        # Counts are non-negative ints; sums of scores are numbers (NaN allowed: a
+        # statistic of a diverged run, not state that learning depends on).
+        if kind in (int, "int"):
+            ok = type(value) is int and value >= 0
+        else:
+            ok = type(value) in (int, float)
+        if not ok:
+            raise CheckpointError(f"{where}: {what}.{name} = {value!r} is not valid")
+    return values

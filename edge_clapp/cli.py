@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from edge_clapp import __version__
 from edge_clapp.config import PRESETS, resolve_config
-from edge_clapp.errors import EdgeClappError, SourceError
+from edge_clapp.errors import CheckpointError, EdgeClappError, SourceError
 
 log = logging.getLogger("edge_clapp")
 
@@ -102,10 +103,19 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 "the config saved in the run; start a new run to change it"
             )
         resume = Path(args.resume)
+        if not _exists(resume):
+            raise EdgeClappError(
+                f"'{args.resume}' does not exist: pass the --out folder of an earlier run"
+            )
         folder = resume / "checkpoint" if (resume / "checkpoint").is_dir() else resume
-        learner, extra = load_checkpoint(folder)
+        try:
+            learner, extra = load_checkpoint(folder)
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"{exc}. Resume from an intact copy of the run, or start a new run"
+            ) from None
         out = Path(args.out) if args.out else folder.parent
-        if out.resolve() != folder.parent.resolve() and (out / "checkpoint").exists():
+        if out.resolve() != folder.parent.resolve() and _exists(out / "checkpoint"):
             raise EdgeClappError(
                 f"'{out}' already holds another run: pass an empty --out, or leave --out "
                 f"out to continue in '{folder.parent}'"
@@ -113,12 +123,23 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         spec = _source_key(args.source) if args.source else extra.get("source_spec")
         if spec is None:
             raise EdgeClappError("--resume needs --source: the run did not record its source")
-        same = spec == extra.get("source_spec") and not _is_mic(spec)
-        skip = int(extra.get("samples_consumed", 0)) if same else 0
+        recorded, consumed = extra.get("source_spec"), extra.get("samples_consumed", 0)
+        if (
+            not isinstance(recorded, (str, type(None)))
+            or type(consumed) is not int
+            or (consumed < 0)
+        ):
+            raise EdgeClappError(
+                f"the checkpoint in '{folder}' records a bad source position "
+                f"(source_spec {str(recorded)[:80]!r}, samples_consumed "
+                f"{str(consumed)[:80]}): it was edited or damaged"
+            )
+        same = spec == recorded and not _is_mic(spec)
+        skip = consumed if same else 0
     else:
         if not args.source or not args.out:
             raise EdgeClappError("learn needs --source SRC and --out DIR (see --help)")
-        if (Path(args.out) / "checkpoint").exists():
+        if _exists(Path(args.out) / "checkpoint"):
             raise EdgeClappError(
                 f"'{args.out}' already holds a run: continue it with --resume {args.out}, "
                 "or pass another --out"
@@ -182,6 +203,15 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     return 130 if result["interrupted"] else 0
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise EdgeClappError(
+            f"'{str(path)[:200]}' cannot be used as a path ({exc.strerror or exc})"
+        ) from None
+
+
 def _is_mic(spec: str) -> bool:
     return spec == "mic" or spec.startswith("mic:")
 
@@ -189,7 +219,12 @@ def _is_mic(spec: str) -> bool:
 def _source_key(spec: str) -> str:
     """The source as the run records it: files and folders by absolute path, so that
     --resume finds them from any working directory."""
-    return spec if _is_mic(spec) else str(Path(spec).expanduser().absolute())
+    if _is_mic(spec):
+        return spec
+    try:
+        return str(Path(spec).expanduser().absolute())
+    except (OSError, RuntimeError):  # e.g. ~unknown_user: open_source says what is wrong
+        return spec
 
 
 def _seconds(text: str) -> float:
@@ -251,10 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except EdgeClappError as exc:
         print(f"edge-clapp: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("edge-clapp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`): stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

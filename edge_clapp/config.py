@@ -54,6 +54,11 @@ class LayerKind(str, Enum):
     LINEAR = "linear"
 
 
+# Bounds of what the learner is meant for (audio rates; a few negatives per context).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 192000
+MAX_NEGATIVES = 16
+
+
 def _enum(enum_type: type[Enum], value: Any, name: str) -> Any:
     try:
         return enum_type(value)
@@ -93,6 +98,11 @@ class FrontendConfig:
         self.kind = _enum(FrontendKind, self.kind, "frontend.kind")
         for name in ("sample_rate", "frame_hop", "n_mels", "win_length", "n_fft"):
             _positive(getattr(self, name), f"frontend.{name}")
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            raise ConfigError(
+                f"frontend.sample_rate = {self.sample_rate} is outside the supported "
+                f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+            )
         if self.kind is FrontendKind.LOGMEL:
             if self.win_length > self.n_fft:
                 raise ConfigError(
@@ -157,6 +167,11 @@ class RuleConfig:
         self.schedule = _enum(Schedule, self.schedule, "rule.schedule")
         _positive(self.offsets, "rule.offsets")
         _positive(self.num_negatives, "rule.num_negatives")
+        if self.num_negatives > MAX_NEGATIVES:
+            raise ConfigError(
+                f"rule.num_negatives = {self.num_negatives} is more than {MAX_NEGATIVES}: "
+                "each negative costs a full set of scores per block"
+            )
         _positive(self.lr, "rule.lr", integer=False, allow_zero=True)
         _positive(self.pred_init_std, "rule.pred_init_std", integer=False, allow_zero=True)
 
@@ -399,6 +414,8 @@ def resolve_config(
     if config_file is not None:
         file_data = load_toml(config_file)
         preset = file_data.pop("preset", preset)
+        if not isinstance(preset, str):
+            raise ConfigError(f"preset = {preset!r} in {str(config_file)!r} must be a string")
     else:
         file_data = {}
     if preset is not None:

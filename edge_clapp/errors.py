@@ -4,6 +4,8 @@
 class EdgeClappError(Exception):
     """An expected failure with a message for the user (what went wrong and what to do)."""
 
+    exit_code = 2
+
 
 class SourceError(EdgeClappError):
     """An audio source cannot be opened or read."""
@@ -18,4 +20,10 @@ class CheckpointError(EdgeClappError):
 
 
 class SessionError(EdgeClappError):
-    """A learning run cannot write its folder, or stopped where its state cannot be saved."""
+    """A learning run cannot write its folder."""
+
+
+class HardInterrupt(SessionError):
+    """A second Ctrl-C stopped a run inside a learning step: its state was not saved."""
+
+    exit_code = 130

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_clapp.checkpoint import save_checkpoint
-from edge_clapp.errors import CheckpointError, SessionError
+from edge_clapp.errors import CheckpointError, HardInterrupt, SessionError
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.sources import Source
 
@@ -81,7 +81,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class _DeferInterrupt:
-    """Ctrl-C between blocks: the first one asks the loop to stop after the block it is in,
+    """Ctrl-C (or SIGTERM) between blocks: the first asks the loop to stop after the block,
     so that a checkpoint never holds a half-applied step. A second one interrupts at once
     (``hard`` then tells whether it landed inside a step)."""
 
@@ -100,12 +100,15 @@ class _DeferInterrupt:
 
     def __enter__(self) -> _DeferInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {
+                sig: signal.signal(sig, self._handler)
+                for sig in (signal.SIGINT, signal.SIGTERM)
+            }
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in (self._previous or {}).items():
+            signal.signal(sig, handler)
 
 
 def run(
@@ -187,7 +190,7 @@ def run(
         # Stopped inside a step: the learner is half-updated and must not be saved.
         result["checkpoint"] = "not written: interrupted inside a step"
         write_json(out_dir / "metrics.json", result)
-        raise SessionError(
+        raise HardInterrupt(
             "stopped inside a learning step: the last checkpoint in "
             f"'{out_dir / 'checkpoint'}' (if any) is kept, this session's progress since "
             "then is not saved"

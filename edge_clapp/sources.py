@@ -222,6 +222,11 @@ def _probe(path: Path) -> _FileInfo:
     if size == 0:
         raise _BadFile("the file is empty (0 bytes)", any_audio)
     try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise _BadFile(f"it cannot be read ({exc.strerror})", "check its permissions") from exc
+    try:
         with sf.SoundFile(path) as f:
             info = _FileInfo(path, f.frames, f.samplerate, f.channels)
             log_text = f.extra_info
@@ -301,6 +306,12 @@ class FileSource(Source):
                     yield block
         self.stats.dropped_tail_samples = cutter.fill
         if cutter.delivered == 0:
+            if self.stats.files_skipped:
+                path, reason = self.stats.files_skipped[-1]
+                raise SourceError(
+                    f"{self.description} gave less than one block of audio: '{path}': "
+                    f"{reason}; use an intact copy of the recording"
+                )
             raise _too_short(
                 self.description, pushed, self._skip, self.sample_rate, self.block_samples
             )
@@ -679,7 +690,14 @@ def open_source(
             log.info("a live microphone has no position: skip_samples is ignored")
         return _open_mic(spec[4:] or None, sample_rate, block_samples)
 
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise SourceError(f"'{spec}' does not exist: {_SPEC_HELP}")
+    try:
+        path = Path(spec).expanduser()
+        exists = path.exists()
+    except (OSError, RuntimeError) as exc:  # name too long, unknown ~user, ...
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SourceError(
+            f"'{spec[:200]}' cannot be used as a path ({why}): {_SPEC_HELP}"
+        ) from None
+    if not exists:
+        raise SourceError(f"'{spec[:200]}' does not exist: {_SPEC_HELP}")
     return _open_files(path, sample_rate, block_samples, skip_samples)

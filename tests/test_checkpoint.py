@@ -102,3 +102,78 @@ def test_damaged_checkpoints_are_refused(tmp_path, damage, message):
         meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=message):
         ckpt.load_checkpoint(folder)
+
+
+def _edit_meta(folder, edit):
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+
+
+def _set(path, value):
+    def edit(meta):
+        *parents, last = path
+        target = meta
+        for key in parents:
+            target = target[key]
+        target[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set(["extra"], []), "extra must be an object"),
+        (_set(["counters", "blocks"], "5"), "counters.blocks = '5' is not valid"),
+        (_set(["counters", "silent_blocks"], -1), "counters.silent_blocks = -1"),
+        (_set(["counters", "surprise"], 1), "counters has keys"),
+        (_set(["meters", 0, "loss"], "x"), r"meters\[0\].loss = 'x' is not valid"),
+        (_set(["next_segment"], 1e300), "next_segment = 1e\\+300 is not valid"),
+        (_set(["next_segment"], 2**70), "next_segment"),
+    ],
+    ids=[
+        "extra-list",
+        "count-str",
+        "count-neg",
+        "count-extra-key",
+        "meter-str",
+        "segment-float",
+        "segment-huge",
+    ],  # fmt: skip
+)
+def test_hand_edited_meta_fields_are_refused(tmp_path, edit, message):
+    folder = ckpt.save_checkpoint(_trained(blocks=2), tmp_path / "c")
+    _edit_meta(folder, edit)
+    with pytest.raises(CheckpointError, match=message):
+        ckpt.load_checkpoint(folder)
+
+
+def test_bad_generator_state_is_refused(tmp_path):
+    folder = ckpt.save_checkpoint(_trained(blocks=2), tmp_path / "c")
+    meta = json.loads((folder / "meta.json").read_text())
+    state = folder / meta["state_file"]
+    tensors = safetensors.torch.load_file(str(state))
+    tensors["generator"] = tensors["generator"][:3].contiguous()
+    safetensors.torch.save_file(tensors, str(state))
+    _edit_meta(folder, _set(["sha256"], ckpt._sha256(state)))
+    with pytest.raises(CheckpointError, match="generator state .* is invalid"):
+        ckpt.load_checkpoint(folder)
+
+
+def test_early_checkpoints_with_an_extra_counter_still_load(tmp_path):
+    learner = _trained(blocks=3)
+    folder = ckpt.save_checkpoint(learner, tmp_path / "c")
+    _edit_meta(folder, _set(["counters", "extra"], {}))  # as the first commits wrote it
+    loaded, _ = ckpt.load_checkpoint(folder)
+    assert loaded.counters == learner.counters
+
+
+def test_stale_temporary_files_are_removed_by_the_next_save(tmp_path):
+    folder = ckpt.save_checkpoint(_trained(blocks=1), tmp_path / "c")
+    stale = folder / ".meta.json.abc123.tmp"
+    stale.write_text("left by a writer killed mid-write")
+    ckpt.save_checkpoint(_trained(blocks=2), folder)
+    assert not stale.exists()
+    assert ckpt.load_checkpoint(folder)[0].counters.blocks == 2

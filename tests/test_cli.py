@@ -200,9 +200,14 @@ def test_damaged_checkpoint_is_refused_and_nothing_is_written(speech_folder, tmp
     meta = out / "checkpoint" / "meta.json"
     meta.write_text(meta.read_text()[:40])
     before = sorted(p.name for p in (out / "checkpoint").iterdir())
-    assert_refused(run_cli("learn", "--resume", str(out)), "meta.json")
+    assert_refused(
+        run_cli("learn", "--resume", str(out)), "meta.json", "Resume from an intact copy"
+    )
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == before
-    assert_refused(run_cli("learn", "--resume", str(tmp_path / "nothing-here")), "checkpoint")
+    assert_refused(
+        run_cli("learn", "--resume", str(tmp_path / "nothing-here")),
+        "does not exist: pass the --out folder",
+    )
 
 
 def no_audio_server_env(tmp_path: Path) -> dict:
@@ -432,3 +437,39 @@ def test_ctrl_c_saves_a_whole_step_and_resume_is_bit_identical(speech_folder, tm
     for name, tensor in expected.tensors().items():
         assert_close(resumed.tensors()[name], tensor, name=name)
     assert resumed.counters == expected.counters
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('preset = ["raw"]\n', "preset = ['raw']"),
+        ("[rule]\nschedule = 'both'\nnum_negatives = 100000\n", "is more than 16"),
+        ("[frontend]\nsample_rate = 10000000000\n", "outside the supported 1000..192000 Hz"),
+    ],
+)
+def test_config_values_beyond_what_the_learner_is_for(tmp_path, capsys, toml, message):
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    code = main(["learn", "--source", "x.wav", "--out", str(tmp_path / "o"),
+                 "--config", str(config)])  # fmt: skip
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_paths_that_cannot_exist_are_source_errors(tmp_path, capsys):
+    for spec, message in [("a" * 5000 + ".wav", "cannot be used as a path"),
+                          ("~no_such_user_x/x.wav", "cannot be used as a path")]:  # fmt: skip
+        code = main(["learn", "--source", spec, "--out", str(tmp_path / "o")])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("edge-clapp: error: ") and message in err, err
+        assert len(err) < 600
+
+
+def test_a_corrupt_file_is_named_as_corrupt_not_short(tmp_path, capsys):
+    path = tmp_path / "cut.flac"
+    sf.write(path, np.sin(np.arange(48000) / 9.0) * 0.3, 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:100])
+    code = main(["learn", "--source", str(path), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "short" not in err.split("error:")[-1], err
