@@ -96,8 +96,16 @@ class Source(ABC):
     stats: SourceStats
     description: str
 
+    _iterator: Iterator[Block] | None = None
+
+    def blocks(self) -> Iterator[Block]:
+        if self._iterator is not None:
+            raise RuntimeError("blocks() can be iterated once per source; open it again")
+        self._iterator = self._generate()
+        return self._iterator
+
     @abstractmethod
-    def blocks(self) -> Iterator[Block]: ...
+    def _generate(self) -> Iterator[Block]: ...
 
     @abstractmethod
     def close(self) -> None: ...
@@ -281,12 +289,6 @@ class FileSource(Source):
         # Estimated from the headers (the resampled length may differ by a few samples).
         expected = sum(i.frames * sample_rate // i.samplerate for i in files)
         self.total_seconds = max(expected - skip_samples, 0) / sample_rate
-
-    def blocks(self) -> Iterator[Block]:
-        if self._iterator is not None:
-            raise RuntimeError("blocks() can be iterated once per source; open it again")
-        self._iterator = self._generate()
-        return self._iterator
 
     def close(self) -> None:
         if self._iterator is not None:
@@ -586,12 +588,6 @@ class MicSource(Source):
             raise _portaudio_failure("cannot be opened", device, exc) from exc
         _sources_with_streams.add(self)
         self._device = device
-
-    def blocks(self) -> Iterator[Block]:
-        if self._iterator is not None:
-            raise RuntimeError("blocks() can be iterated once per source; open it again")
-        self._iterator = self._generate()
-        return self._iterator
 
     def close(self) -> None:
         """Stops recording. Call it from the thread that iterates the blocks."""
