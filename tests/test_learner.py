@@ -254,3 +254,63 @@ def test_every_variant_and_schedule_learns_on_speech(speech, rule):
     assert min(gains) > 0.005 and min(gains[1:]) > 0.05, f"gap gains per layer: {gains}"
     assert learner.counters.updates_rejected_nonfinite == 0
     assert all_finite(learner)
+
+
+def _learner_with_boundary(rule, boundary):
+    """A tiny learner whose ring and current frames hold one recording boundary: frames
+    before current frame `boundary` are segment 0, the rest segment 1."""
+    learner = OnlineLearner(resolve_config("tiny", overrides={"seed": 5, "rule": rule}))
+    K, F = learner.K, learner.F
+    learner.segment.zero_()
+    learner.segment[K + boundary :] = 1
+    learner.ring_valid.fill_(True)
+    return learner, K, F
+
+
+def test_pairs_either_schedule_offsets_labels_and_coin():
+    learner, K, F = _learner_with_boundary({"schedule": "either"}, boundary=7)
+    j = torch.arange(F)
+    positives = non_crossing = 0
+    for _ in range(200):
+        pairs = learner._pairs(have_negatives=True)
+        # Row k is offset k + 1: its context is k + 1 frames before the future frame K + j.
+        for k in range(K):
+            assert torch.equal(pairs.context[k], K + j - (k + 1))
+        future = (K + j).expand(K, F)
+        crossing = learner.segment[pairs.context] != learner.segment[future]
+        assert crossing.any() and (~crossing).any()
+        # Across the boundary: always the true future, always a negative.
+        assert torch.equal(pairs.candidate[crossing], future[crossing])
+        assert (pairs.label[crossing] == -1).all()
+        # Within a recording: a positive is the true future, a negative a replayed frame.
+        inside = ~crossing
+        is_positive = pairs.label[inside] == 1
+        assert torch.equal(pairs.candidate[inside][is_positive], future[inside][is_positive])
+        assert (pairs.candidate[inside][~is_positive] >= K + F).all()
+        assert (pairs.candidate < K + 2 * F).all()
+        positives += int(is_positive.sum())
+        non_crossing += int(inside.sum())
+        assert float(pairs.weight.sum()) == pytest.approx(1.0)
+    # p = 1/2: over 200 draws of ~K*F pairs the positive share is 0.5 within 0.03.
+    assert abs(positives / non_crossing - 0.5) < 0.03, positives / non_crossing
+
+
+def test_pairs_without_replay_negatives_keep_only_the_rest():
+    learner, K, F = _learner_with_boundary({"schedule": "either"}, boundary=7)
+    pairs = learner._pairs(have_negatives=False)
+    replayed = pairs.candidate >= K + F
+    assert replayed.any() and (pairs.weight[replayed] == 0).all()
+    assert (pairs.weight[~replayed] > 0).all()
+
+
+def test_pairs_both_schedule_gives_each_context_its_future_and_negatives():
+    learner, K, F = _learner_with_boundary({"schedule": "both", "num_negatives": 3}, 7)
+    pairs = learner._pairs(have_negatives=True)
+    assert pairs.candidate.shape == (K, 4 * F)
+    future = (K + torch.arange(F)).expand(K, F)
+    assert torch.equal(pairs.candidate[:, :F], future)
+    crossing = learner.segment[pairs.context[:, :F]] != learner.segment[future]
+    assert torch.equal(pairs.label[:, :F], torch.where(crossing, -1.0, 1.0))
+    assert (pairs.candidate[:, F:] >= K + F).all() and (pairs.label[:, F:] == -1).all()
+    for n in range(1, 4):  # every negative column block pairs the same contexts
+        assert torch.equal(pairs.context[:, n * F : (n + 1) * F], pairs.context[:, :F])

@@ -80,7 +80,8 @@ def test_explicit_update_equals_minus_gradient(variant, geometry, seed):
     n_frames = ring + current + negative
     pairs = _pairs(K, 24, n_frames, gen)
 
-    # Explicit: the learner's own patches and rows.
+    # Explicit: rows from layers.patches (the whole-sequence path; test_learner checks the
+    # streaming path gives the same frames).
     x_rows = torch.cat([patches(x, kernel, stride) for x in inputs])  # (N*g, D)
     z_rows = torch.addmm(bias, x_rows, weight.t()).relu()  # (N*g, C)
 
