@@ -1,0 +1,145 @@
+"""Streaming speed of the learner, side by side with an autograd learner doing the same work.
+
+    .venv/bin/python benchmarks/stream_speed.py [--preset raw] [--seconds 120] [--repeats 3]
+
+Both learners stream the same klettres speech (training split, 16 kHz, in blocks) from
+the same initial state. The explicit learner is edge_clapp's: the rule's updates are
+written out (edge_clapp.rule.clapp_step). The baseline replaces only that function by an
+autograd one: it re-runs the layer's forward with a graph (an autograd learner needs
+one), builds the same two-hinge loss and calls backward; everything else (front end,
+pairs, replay, rings) is shared code. Printed: audio seconds per wall second (x real
+time) of each, their ratio, and the largest relative difference of the weights after one
+block and at the end, which shows that the two did the same work. Runs alternate, best of
+--repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import edge_clapp.learner as learner_module
+from edge_clapp.config import resolve_config
+from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
+from edge_clapp.learner import OnlineLearner
+from edge_clapp.rule import RuleStep, clapp_step, pool_frames
+
+
+def autograd_step(layer_of, x_rows, z_rows, g, pred, retro, pairs) -> RuleStep:
+    """The rule through autograd: same inputs and outputs as ``clapp_step``."""
+    layer = layer_of[x_rows.data_ptr()]
+    with torch.enable_grad():
+        weight = layer.weight.clone().requires_grad_(True)
+        bias = layer.bias.clone().requires_grad_(True)
+        p = pred.clone().requires_grad_(True)
+        r = retro.clone().requires_grad_(True) if retro is not None else None
+        z = torch.addmm(bias, x_rows, weight.t()).relu()  # (N*g, C), with a graph
+        zhat = pool_frames(z, g)
+        ctx, cand = zhat[pairs.context], zhat[pairs.candidate]  # (K, M, C)
+        y, w = pairs.label, pairs.weight
+        if r is None:
+            score = torch.einsum("kmc,kcd,kmd->km", cand, p, ctx)
+            hinge = torch.relu(1 - y * score)
+            loss = (w * hinge).sum()
+        else:
+            score = torch.einsum("kmc,kcd,kmd->km", cand, p, ctx.detach())
+            score_r = torch.einsum("kmc,kcd,kmd->km", ctx, r, cand.detach())
+            hinge = torch.relu(1 - y * score)
+            loss = (w * hinge).sum() + (w * torch.relu(1 - y * score_r)).sum()
+        params = [weight, bias, p] + ([r] if r is not None else [])
+        grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        used = w > 0
+        pos, neg = used & (y > 0), used & (y < 0)
+        return RuleStep(
+            weight=-grads[0],
+            bias=-grads[1],
+            pred=-grads[2],
+            retro=-grads[3] if r is not None else None,
+            loss=loss.detach(),
+            pos_score=score.detach()[pos].sum(),
+            pos_count=pos.sum(),
+            neg_score=score.detach()[neg].sum(),
+            neg_count=neg.sum(),
+            gate_open=(used & (hinge.detach() > 0)).sum(),
+        )
+
+
+def stream(learner: OnlineLearner, blocks: list[tuple[np.ndarray, list[int]]]) -> float:
+    started = time.perf_counter()
+    for samples, starts in blocks:
+        learner.step(samples, starts)
+    return time.perf_counter() - started
+
+
+def make_blocks(block_samples: int, seconds: float) -> list[tuple[np.ndarray, list[int]]]:
+    train, _ = split_recordings(klettres_recordings())
+    recordings, total = [], 0
+    for rec in train[::5]:  # every language, spread over the corpus
+        audio = read_mono(rec.path, 16000)
+        recordings.append(audio)
+        total += len(audio)
+        if total >= seconds * 16000:
+            break
+    joined = np.concatenate(recordings)
+    bounds = np.cumsum([0] + [len(r) for r in recordings])[:-1]
+    blocks = []
+    for b in range(len(joined) // block_samples):
+        lo, hi = b * block_samples, (b + 1) * block_samples
+        blocks.append((joined[lo:hi], [int(s - lo) for s in bounds if lo <= s < hi]))
+    return blocks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="raw")
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    config = resolve_config(args.preset, overrides={"seed": 0})
+    blocks = make_blocks(config.block_samples, args.seconds)
+    audio = len(blocks) * config.block_seconds
+    print(
+        f"preset {args.preset}: {audio:.0f} s of klettres speech in {len(blocks)} blocks, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+    def run(name: str, some_blocks) -> tuple[OnlineLearner, float]:
+        learner = OnlineLearner(config)
+        if name == "autograd":
+            layer_of = {layer.x_rows.data_ptr(): layer for layer in learner.layers}
+            learner_module.clapp_step = lambda *a, m=layer_of: autograd_step(m, *a)
+        try:
+            return learner, stream(learner, some_blocks)
+        finally:
+            learner_module.clapp_step = clapp_step
+
+    best = {"explicit": float("inf"), "autograd": float("inf")}
+    finals: dict[str, OnlineLearner] = {}
+    for _ in range(args.repeats):
+        for name in ("explicit", "autograd"):
+            finals[name], wall = run(name, blocks)
+            best[name] = min(best[name], wall)
+    first = {name: run(name, blocks[:1])[0] for name in ("explicit", "autograd")}
+
+    explicit, autograd = best["explicit"], best["autograd"]
+    print(f"{'learner':<10} {'wall s':>8} {'x real time':>12}")
+    for name, wall in best.items():
+        print(f"{name:<10} {wall:>8.2f} {audio / wall:>12.1f}")
+    print(f"explicit / autograd speed: {autograd / explicit:.2f}x")
+    for label, pair in (("after the first block", first), ("at the end", finals)):
+        diffs = []
+        for name, tensor in pair["explicit"].tensors().items():
+            if name.endswith((".weight", ".pred", ".retro")):
+                other = pair["autograd"].tensors()[name]
+                diffs.append(float((tensor - other).norm() / tensor.norm()))
+        print(f"largest relative difference of the weights {label}: {max(diffs):.2e}")
+    print("(float32; rounding differences compound over the stream)")
+
+
+if __name__ == "__main__":
+    main()
