@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from edge_clapp.errors import CheckpointError, ConfigError
 from edge_clapp.learner import Counters, LayerMeter, OnlineLearner
 
 FORMAT = "edge_clapp.checkpoint/1"
+STATE_NAME = re.compile(r"state-\d{9,}\.safetensors")
 META = "meta.json"
 
 
@@ -111,8 +113,12 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{str(path)!r} is corrupt (not JSON: {exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt (not JSON: {str(exc)[:200]})"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{str(path)!r} cannot be read ({exc.strerror})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(
@@ -130,7 +136,12 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
         config = Config.from_dict(meta["config"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"the config in {str(folder)!r} is invalid: {exc}") from None
-    state_path = folder / str(meta.get("state_file", ""))
+    state_file = meta.get("state_file")
+    if not isinstance(state_file, str) or not STATE_NAME.fullmatch(state_file):
+        raise CheckpointError(
+            f"{META} in {str(folder)!r} names {str(state_file)[:80]!r}, not a state file"
+        )
+    state_path = folder / state_file
     if not state_path.is_file():
         raise CheckpointError(f"{str(state_path)!r} named by {META} is missing")
     if _sha256(state_path) != meta.get("sha256"):
@@ -142,7 +153,12 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {str(state_path)!r}: {exc}") from None
 
-    learner = OnlineLearner(config)
+    try:
+        learner = OnlineLearner(config)
+    except (MemoryError, RuntimeError, TypeError, OverflowError) as exc:
+        raise CheckpointError(
+            f"the config in {str(folder)!r} cannot be built ({str(exc)[:200]})"
+        ) from None
     expected = learner.tensors()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected) - {"generator"})
@@ -180,7 +196,10 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
         if type(next_segment) is not int or not 0 <= next_segment < 2**62:
             raise CheckpointError(f"{where}: next_segment = {next_segment!r} is not valid")
         learner.next_segment = next_segment
-        learner.pending_boundary = bool(meta["pending_boundary"])
+        pending = meta["pending_boundary"]
+        if type(pending) is not bool:
+            raise CheckpointError(f"{where}: pending_boundary = {pending!r} is not a boolean")
+        learner.pending_boundary = pending
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where} is incomplete: {exc}") from None
     extra = meta.get("extra", {})
@@ -208,9 +227,9 @@ def _checked(values: dict[str, Any], cls: type, where: str, what: str) -> dict[s
         # Counts are non-negative ints; sums of scores are numbers (NaN allowed: a
         # statistic of a diverged run, not state that learning depends on).
         if kind in (int, "int"):
-            ok = type(value) is int and value >= 0
+            ok = type(value) is int and 0 <= value < 2**62
         else:
-            ok = type(value) in (int, float)
+            ok = type(value) is float or (type(value) is int and abs(value) < 2**62)
         if not ok:
             raise CheckpointError(f"{where}: {what}.{name} = {value!r} is not valid")
     return values

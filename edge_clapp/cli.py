@@ -134,8 +134,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 f"(source_spec {str(recorded)[:80]!r}, samples_consumed "
                 f"{str(consumed)[:80]}): it was edited or damaged"
             )
-        same = spec == recorded and not _is_mic(spec)
+        same = recorded is not None and spec == _source_key(recorded) and not _is_mic(spec)
         skip = consumed if same else 0
+        if not same and consumed and not _is_mic(spec):
+            log.warning("learning from the start of %s (the run was on %s)", spec, recorded)
     else:
         if not args.source or not args.out:
             raise EdgeClappError("learn needs --source SRC and --out DIR (see --help)")
@@ -179,6 +181,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     )
     bar = None if args.quiet else ProgressBar(total)
     learned_before = learner.counters.blocks_learned
+    refused_before = learner.counters.blocks_skipped_nonfinite
     try:
         result = run(
             learner,
@@ -194,7 +197,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         if bar:
             bar.close()
     print_metrics(result, out)
-    refused = result["counters"]["blocks_skipped_nonfinite"]
+    refused = learner.counters.blocks_skipped_nonfinite - refused_before
     if learner.counters.blocks_learned == learned_before and refused:
         raise EdgeClappError(
             f"nothing was learned: every block of {source.description} held NaN or Inf "
@@ -222,7 +225,7 @@ def _source_key(spec: str) -> str:
     if _is_mic(spec):
         return spec
     try:
-        return str(Path(spec).expanduser().absolute())
+        return os.path.normpath(Path(spec).expanduser().absolute())
     except (OSError, RuntimeError):  # e.g. ~unknown_user: open_source says what is wrong
         return spec
 

@@ -174,6 +174,8 @@ class RuleConfig:
             )
         _positive(self.lr, "rule.lr", integer=False, allow_zero=True)
         _positive(self.pred_init_std, "rule.pred_init_std", integer=False, allow_zero=True)
+        if self.pred_init_std > 10:
+            raise ConfigError(f"rule.pred_init_std = {self.pred_init_std} is more than 10")
 
 
 @dataclass
@@ -193,6 +195,11 @@ class StreamConfig:
             integer=False,
             allow_zero=True,
         )
+        if self.replay_min_age_seconds > 86400:
+            raise ConfigError(
+                f"stream.replay_min_age_seconds = {self.replay_min_age_seconds} is more than "
+                "a day (86400)"
+            )
 
 
 @dataclass

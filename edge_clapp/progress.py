@@ -23,7 +23,7 @@ class ProgressBar:
     loss with the mean positive / negative scores since the last refresh."""
 
     def __init__(self, total_seconds: float | None, label: str = "learning") -> None:
-        self.bar = tqdm(
+        options = dict(
             total=round(total_seconds, 1) if total_seconds else None,
             desc=label,
             unit="s audio",
@@ -33,17 +33,29 @@ class ProgressBar:
             if total_seconds
             else "{desc}: {n:.0f} s audio {elapsed} {postfix}",
         )
+        try:
+            self.bar = tqdm(**options)
+        except OSError:  # stderr closed (e.g. piped into `head`): learn without a bar
+            self.bar = tqdm(**options, disable=True)
 
     def update(self, progress: Progress) -> None:
+        if self.bar.disable:
+            return
         layers = " ".join(
             f"L{i + 1} {_num(m['loss'], '.2f')} {_num(m['pos_score'])}/{_num(m['neg_score'])}"
             for i, m in enumerate(progress.layers)
         )
-        self.bar.n = round(progress.audio_seconds, 1)
-        self.bar.set_postfix_str(f"{progress.speed:.1f}x RT | loss +pos/-neg: {layers}")
+        try:
+            self.bar.n = round(progress.audio_seconds, 1)
+            self.bar.set_postfix_str(f"{progress.speed:.1f}x RT | loss +pos/-neg: {layers}")
+        except OSError:  # stderr closed (e.g. piped into `head`): learning goes on
+            self.bar.disable = True
 
     def close(self) -> None:
-        self.bar.close()
+        try:
+            self.bar.close()
+        except OSError:
+            pass
 
 
 def print_metrics(result: dict[str, Any], out: Path) -> None:

@@ -100,9 +100,11 @@ class _DeferInterrupt:
 
     def __enter__(self) -> _DeferInterrupt:
         if threading.current_thread() is threading.main_thread():
+            # A signal ignored by the parent (a background job) stays ignored.
             self._previous = {
                 sig: signal.signal(sig, self._handler)
                 for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) not in (signal.SIG_IGN, None)
             }
         return self
 
@@ -163,8 +165,8 @@ def run(
             for block in source.blocks():
                 guard.in_step = True
                 learner.step(block.samples, block.starts, block.overflows)
-                guard.in_step = False
                 blocks_here += 1
+                guard.in_step = False
                 audio += block_seconds
                 now = time.perf_counter()
                 if on_progress is not None and now - last_report >= report_every:

@@ -132,6 +132,11 @@ def _set(path, value):
         (_set(["meters", 0, "loss"], "x"), r"meters\[0\].loss = 'x' is not valid"),
         (_set(["next_segment"], 1e300), "next_segment = 1e\\+300 is not valid"),
         (_set(["next_segment"], 2**70), "next_segment"),
+        (_set(["counters", "blocks_learned"], 10**400), "counters.blocks_learned"),
+        (_set(["meters", 0, "loss"], 10**400), r"meters\[0\].loss"),
+        (_set(["pending_boundary"], "false"), "pending_boundary = 'false' is not a boolean"),
+        (_set(["state_file"], "../../etc/passwd"), "not a state file"),
+        (_set(["state_file"], "a" * 300), "not a state file"),
     ],
     ids=[
         "extra-list",
@@ -141,7 +146,12 @@ def _set(path, value):
         "meter-str",
         "segment-float",
         "segment-huge",
-    ],  # fmt: skip
+        "count-huge",
+        "meter-huge",
+        "boundary-str",
+        "state-path",
+        "state-long",
+    ],
 )
 def test_hand_edited_meta_fields_are_refused(tmp_path, edit, message):
     folder = ckpt.save_checkpoint(_trained(blocks=2), tmp_path / "c")
@@ -177,3 +187,11 @@ def test_stale_temporary_files_are_removed_by_the_next_save(tmp_path):
     ckpt.save_checkpoint(_trained(blocks=2), folder)
     assert not stale.exists()
     assert ckpt.load_checkpoint(folder)[0].counters.blocks == 2
+
+
+def test_meta_json_that_breaks_the_parser_is_corrupt(tmp_path):
+    folder = ckpt.save_checkpoint(_trained(blocks=1), tmp_path / "c")
+    for text in ("[" * 100_000, '{"format": ' + "9" * 5000 + "}"):
+        (folder / "meta.json").write_text(text)
+        with pytest.raises(CheckpointError, match="is corrupt"):
+            ckpt.load_checkpoint(folder)

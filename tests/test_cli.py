@@ -318,6 +318,8 @@ def test_demo_runs_end_to_end_and_reports_both_encoders(tmp_path, capsys):
         ('preset = ["raw"]\n', "preset = ['raw']"),
         ("[rule]\nschedule = 'both'\nnum_negatives = 100000\n", "is more than 16"),
         ("[frontend]\nsample_rate = 10000000000\n", "outside the supported 1000..192000 Hz"),
+        ("[rule]\npred_init_std = 1e300\n", "is more than 10"),
+        ("[stream]\nreplay_min_age_seconds = 1e300\n", "is more than a day"),
     ],
 )
 def test_config_values_are_checked_before_any_work(tmp_path, capsys, toml, message):
@@ -459,3 +461,25 @@ def test_a_corrupt_file_is_named_as_corrupt_not_short(tmp_path, capsys):
     code = main(["learn", "--source", str(path), "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "short" not in err.split("error:")[-1], err
+
+
+def test_a_closed_stderr_does_not_lose_the_run(speech_folder, tmp_path):
+    """The progress bar writes to stderr; when nobody reads it any more (`2>&1 | head`
+    after head has exited) the run still learns to the end and writes its checkpoint."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "edge_clapp.cli", "learn"]
+    command += ["--source", str(speech_folder), "--out", str(out), "--max-seconds", "4"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stderr now fails with a broken pipe
+    try:
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=write_end,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert load_checkpoint(out / "checkpoint")[0].counters.blocks == 4
