@@ -187,6 +187,8 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
     try:
         counters = dict(meta["counters"])
         counters.pop("extra", None)  # an unused field of early checkpoints
+        for field in dataclasses.fields(Counters):  # counters added later start at 0
+            counters.setdefault(field.name, 0)
         learner.counters = Counters(**_checked(counters, Counters, where, "counters"))
         learner.meters = [
             LayerMeter(**_checked(dict(m), LayerMeter, where, f"meters[{i}]"))

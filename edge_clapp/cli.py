@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("devices", help="list the audio inputs sounddevice can open")
 
+    export = sub.add_parser(
+        "export", help="write a run's encoder as a float ONNX graph, checked in onnxruntime"
+    )
+    export.add_argument("checkpoint", metavar="RUN", help="a run folder or its checkpoint/")
+    export.add_argument("--out", metavar="FILE.onnx", required=True, help="model to write")
+    export.add_argument(
+        "--layers", type=int, metavar="N", help="export layers 1..N only (default: all)"
+    )
+
     demo = sub.add_parser(
         "demo", help="learn from klettres-data speech and probe the language of held-out files"
     )
@@ -262,6 +271,26 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edge_clapp.checkpoint import load_checkpoint
+    from edge_clapp.export.onnx_float import build_model, check_in_onnxruntime, save_model
+
+    run = Path(args.checkpoint)
+    if not _exists(run):
+        raise EdgeClappError(f"'{args.checkpoint}' does not exist: pass a run folder")
+    folder = run / "checkpoint" if (run / "checkpoint").is_dir() else run
+    learner, _ = load_checkpoint(folder)
+    model = build_model(learner, args.layers)
+    error, seconds = check_in_onnxruntime(model, learner)
+    path = save_model(model, args.out)
+    print(
+        f"wrote {path} ({path.stat().st_size:,} bytes, opset {model.opset_import[0].version}, "
+        f"{len(model.graph.output)} layer outputs); onnxruntime vs torch on {seconds:.0f} s "
+        f"of test signal: max abs error {error:.2e}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge_clapp.demo import run_demo
 
@@ -275,7 +304,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"learn": _cmd_learn, "devices": _cmd_devices, "demo": _cmd_demo}
+COMMANDS = {
+    "learn": _cmd_learn,
+    "devices": _cmd_devices,
+    "export": _cmd_export,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

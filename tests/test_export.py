@@ -1,0 +1,169 @@
+"""Float ONNX export: checker, parity with torch on real speech, metadata, CLI refusals.
+
+Reference: ``OnlineLearner.encode`` (torch, whole recording from zero state). Tolerances,
+float32 max absolute error over every output frame: raw 1e-5 (measured 1.4e-6); onnx's
+reference evaluator 1e-5 (tiny); mcu 5e-4 (measured up to 1.6e-4). The log-mel front end
+is a DFT by Conv in the graph and an FFT in torch; in float32 a quiet bin next to loud
+ones carries rounding of the loud ones' size, which the log amplifies. Against a float64
+reference the graph is the more accurate of the two (tested), so the gap is torch's own
+float32 error, not a graph defect.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+
+from edge_clapp import __version__
+from edge_clapp.checkpoint import save_checkpoint
+from edge_clapp.cli import main
+from edge_clapp.config import resolve_config
+from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
+from edge_clapp.export.onnx_float import build_model, frames_for, max_abs_error, save_model
+from edge_clapp.learner import OnlineLearner
+
+TOLERANCE = {"raw": 1e-5, "mcu": 5e-4}
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """Held-out klettres recordings of several languages, 16 kHz, and a training stream."""
+    train, held_out = split_recordings(klettres_recordings())
+    return (
+        [read_mono(r.path, 16000) for r in train[::40]],
+        [read_mono(r.path, 16000) for r in held_out[::50]],
+    )
+
+
+def learned(preset: str, train_audio, blocks: int = 15) -> OnlineLearner:
+    """A learner that has streamed some speech, so the weights are not the initial ones."""
+    learner = OnlineLearner(resolve_config(preset, overrides={"seed": 4}))
+    stream = np.concatenate(train_audio)
+    n = learner.config.block_samples
+    for b in range(min(blocks, len(stream) // n)):
+        assert learner.step(stream[b * n : (b + 1) * n])
+    return learner
+
+
+def run_onnxruntime(model: onnx.ModelProto, samples: np.ndarray) -> list[np.ndarray]:
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"samples": samples})
+
+
+@pytest.mark.parametrize("preset", ["raw", "mcu"])
+def test_onnxruntime_matches_torch_on_real_speech(speech, tmp_path, preset):
+    train_audio, held_audio = speech
+    learner = learned(preset, train_audio)
+    model = build_model(learner)
+    path = save_model(model, tmp_path / "model.onnx")
+    onnx.checker.check_model(str(path), full_check=True)
+    hop = learner.config.frontend.frame_hop
+    worst = 0.0
+    for audio in held_audio:
+        samples = frames_for(audio, hop)
+        outputs = run_onnxruntime(model, samples)
+        expected = learner.encode(samples[0])
+        assert len(outputs) == len(expected) == len(learner.layers)
+        for out, ref in zip(outputs, expected, strict=True):
+            assert out.shape == (1, samples.shape[1] // hop, ref.shape[1])
+            worst = max(worst, max_abs_error(out[0], ref.numpy()))
+    assert worst <= TOLERANCE[preset], f"{preset}: max abs error {worst:.2e}"
+
+
+def test_logmel_graph_is_at_least_as_accurate_as_torch_float32(speech):
+    """Front end and first layer of mcu against the same learner run in float64."""
+    train_audio, held_audio = speech
+    learner = learned("mcu", train_audio)
+    exact = copy.deepcopy(learner)
+    fe = exact.frontend
+    fe.window, fe.filters, fe.carry = fe.window.double(), fe.filters.double(), fe.carry.double()
+    for layer in exact.layers:
+        layer.weight, layer.bias = layer.weight.double(), layer.bias.double()
+    model = build_model(learner, layers=1)
+    torch_error = graph_error = 0.0
+    for audio in held_audio:
+        samples = frames_for(audio, learner.config.frontend.frame_hop)
+        reference = exact.encode(torch.from_numpy(samples[0]).double())[0].numpy()
+        torch_error = max(torch_error, max_abs_error(learner.encode(samples[0])[0].numpy(),
+                                                     reference))  # fmt: skip
+        graph_error = max(graph_error, max_abs_error(run_onnxruntime(model, samples)[0][0],
+                                                     reference))  # fmt: skip
+    assert graph_error <= torch_error, (graph_error, torch_error)
+
+
+def test_reference_evaluator_matches_torch(speech):
+    train_audio, held_audio = speech
+    learner = learned("tiny", train_audio)
+    model = build_model(learner)
+    samples = frames_for(held_audio[0], learner.config.frontend.frame_hop)
+    outputs = ReferenceEvaluator(model).run(None, {"samples": samples})
+    for out, ref in zip(outputs, learner.encode(samples[0]), strict=True):
+        assert max_abs_error(out[0], ref.numpy()) <= 1e-5
+
+
+def test_metadata_and_layer_subset_round_trip(speech, tmp_path):
+    train_audio, held_audio = speech
+    learner = learned("raw", train_audio, blocks=3)
+    path = save_model(build_model(learner, layers=3), tmp_path / "three.onnx")
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    config = learner.config
+    assert meta["edge_clapp_version"] == __version__
+    assert meta["preset"] == "raw" and meta["frontend"] == "raw"
+    assert int(meta["sample_rate"]) == config.frontend.sample_rate
+    assert int(meta["frame_hop"]) == config.frontend.frame_hop
+    assert int(meta["blocks_learned"]) == 3
+    assert json.loads(meta["layers"]) == [
+        {"kind": "conv1d", "channels": lc.channels, "kernel": lc.kernel, "stride": lc.stride}
+        for lc in config.layers[:3]
+    ]
+    assert [o.name for o in model.graph.output] == ["frames_1", "frames_2", "frames_3"]
+    assert model.opset_import[0].version >= 17
+    samples = frames_for(held_audio[0], config.frontend.frame_hop)
+    full = run_onnxruntime(build_model(learner), samples)
+    for part, whole in zip(run_onnxruntime(model, samples), full[:3], strict=True):
+        np.testing.assert_array_equal(part, whole)
+
+
+def test_export_command_writes_a_checked_model(speech, tmp_path, capsys):
+    train_audio, _ = speech
+    learner = learned("mcu", train_audio, blocks=5)
+    save_checkpoint(learner, tmp_path / "run" / "checkpoint")
+    out = tmp_path / "mcu.onnx"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "max abs error" in printed
+    assert onnx.load(str(out)).graph.output[-1].name == "frames_3"
+
+
+def test_export_refusals_leave_nothing_behind(speech, tmp_path, capsys):
+    train_audio, _ = speech
+    save_checkpoint(learned("tiny", train_audio, blocks=2), tmp_path / "run" / "checkpoint")
+    cases = [
+        (["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "a.onnx")],
+         "does not exist"),
+        (["export", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "b.onnx")],
+         "cannot write to"),
+        (["export", str(tmp_path / "run"), "--out", str(tmp_path / "c.onnx"), "--layers", "9"],
+         "--layers 9 is out of range"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("edge-clapp: error: ") and message in err, err
+    meta = tmp_path / "run" / "checkpoint" / "meta.json"
+    meta.write_text("{ damaged")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "d.onnx")]) == 2
+    assert "is corrupt" in capsys.readouterr().err
+    leftovers = sorted(p.name for p in Path(tmp_path).iterdir() if p.name != "run")
+    assert leftovers == [], leftovers
