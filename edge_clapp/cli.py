@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--layers", type=int, metavar="N", help="export layers 1..N only (default: all)"
     )
+    export.add_argument(
+        "--streaming",
+        action="store_true",
+        help="one piece of a stream per call, with every carry as an input and an output",
+    )
 
     demo = sub.add_parser(
         "demo", help="learn from klettres-data speech and probe the language of held-out files"
@@ -280,12 +285,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise EdgeClappError(f"'{args.checkpoint}' does not exist: pass a run folder")
     folder = run / "checkpoint" if (run / "checkpoint").is_dir() else run
     learner, _ = load_checkpoint(folder)
-    model = build_model(learner, args.layers)
+    model = build_model(learner, args.layers, streaming=args.streaming)
     error, seconds = check_in_onnxruntime(model, learner)
     path = save_model(model, args.out)
     print(
         f"wrote {path} ({path.stat().st_size:,} bytes, opset {model.opset_import[0].version}, "
-        f"{len(model.graph.output)} layer outputs); onnxruntime vs torch on {seconds:.0f} s "
+        f"{sum(o.name.startswith('frames_') for o in model.graph.output)} layer outputs"
+        f"{', streaming' if args.streaming else ''}); onnxruntime vs torch on {seconds:.0f} s "
         f"of test signal: max abs error {error:.2e}"
     )
     return 0

@@ -39,9 +39,12 @@ class ExportError(EdgeClappError):
 class _Graph:
     """Collects nodes and initializers; names are unique by construction."""
 
-    def __init__(self) -> None:
+    def __init__(self, streaming: bool = False) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.streaming = streaming
+        self.state_inputs: list[onnx.ValueInfoProto] = []
+        self.state_outputs: list[onnx.ValueInfoProto] = []
         self._count = 0
 
     def name(self, stem: str) -> str:
@@ -59,12 +62,28 @@ class _Graph:
         return out
 
 
-def _left_pad(graph: _Graph, x: str, rows: int) -> str:
-    """Zero-pads ``rows`` positions before the time axis of (1, C, T)."""
+def _carry(graph: _Graph, x: str, rows: int, channels: int, name: str) -> str:
+    """Puts the ``rows`` positions before (1, C, T) in front of it: zeros in the whole-
+    sequence graph (a stream's start); in the streaming graph an input ``name``, with the
+    last ``rows`` positions of the result as the output ``name`` + "_out"."""
     if rows == 0:
         return x
-    pads = graph.const("pads", np.array([0, 0, rows, 0, 0, 0], dtype=np.int64))
-    return graph.op("Pad", [x, pads], "pad")
+    if not graph.streaming:
+        pads = graph.const("pads", np.array([0, 0, rows, 0, 0, 0], dtype=np.int64))
+        return graph.op("Pad", [x, pads], "pad")
+    shape = [1, channels, rows]
+    graph.state_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    joined = graph.op("Concat", [name, x], "join", axis=2)
+    starts = graph.const("starts", np.array([-rows], dtype=np.int64))
+    ends = graph.const("ends", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+    axes = graph.const("axes", np.array([2], dtype=np.int64))
+    graph.nodes.append(
+        helper.make_node("Slice", [joined, starts, ends, axes], [name + "_out"], name=name)
+    )
+    graph.state_outputs.append(
+        helper.make_tensor_value_info(name + "_out", TensorProto.FLOAT, shape)
+    )
+    return joined
 
 
 def _logmel(graph: _Graph, x: str, learner: OnlineLearner) -> str:
@@ -78,7 +97,7 @@ def _logmel(graph: _Graph, x: str, learner: OnlineLearner) -> str:
     window = fe.window.double().numpy()
     basis = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])  # (2B, win)
     weight = graph.const("dft", basis[:, None, :].astype(np.float32))  # (2B, 1, win)
-    x = _left_pad(graph, x, config.win_length - config.frame_hop)
+    x = _carry(graph, x, config.win_length - config.frame_hop, 1, "carry_frontend")
     spectrum = graph.op("Conv", [x, weight], "dft", strides=[config.frame_hop])
     split = graph.const("split", np.array([bins, bins], dtype=np.int64))
     real, imag = graph.name("real"), graph.name("imag")
@@ -101,15 +120,21 @@ def _logmel(graph: _Graph, x: str, learner: OnlineLearner) -> str:
     return graph.op("Transpose", [scaled], "logmel_t", perm=[0, 2, 1])  # (1, n_mels, T)
 
 
-def build_model(learner: OnlineLearner, layers: int | None = None) -> onnx.ModelProto:
-    """The float inference graph of the first ``layers`` layers (default: all)."""
+def build_model(
+    learner: OnlineLearner, layers: int | None = None, *, streaming: bool = False
+) -> onnx.ModelProto:
+    """The float inference graph of the first ``layers`` layers (default: all).
+
+    streaming: one piece of a stream per call; every carry (the samples or positions a
+    window still needs from the previous piece) is an input ``carry_*`` and an output
+    ``carry_*_out``, to feed back with the next piece; zeros start a stream."""
     config = learner.config
     count = len(learner.layers) if layers is None else layers
     if not 1 <= count <= len(learner.layers):
         raise ExportError(
             f"--layers {layers} is out of range: the encoder has {len(learner.layers)} layers"
         )
-    graph = _Graph()
+    graph = _Graph(streaming)
     x = graph.op("Unsqueeze", ["samples", graph.const("axis", np.array([1]))], "wave")
     if config.frontend.kind is FrontendKind.LOGMEL:
         x = _logmel(graph, x, learner)
@@ -120,7 +145,7 @@ def build_model(learner: OnlineLearner, layers: int | None = None) -> onnx.Model
     outputs = []
     for i, layer in enumerate(learner.layers[:count]):
         weight = layer.weight.numpy().reshape(layer.channels, layer.in_channels, layer.kernel)
-        x = _left_pad(graph, x, layer.carry_rows)
+        x = _carry(graph, x, layer.carry_rows, layer.in_channels, f"carry_{i + 1}")
         x = graph.op(
             "Conv",
             [x, graph.const("weight", weight), graph.const("bias", layer.bias.numpy())],
@@ -144,7 +169,11 @@ def build_model(learner: OnlineLearner, layers: int | None = None) -> onnx.Model
 
     samples = helper.make_tensor_value_info("samples", TensorProto.FLOAT, [1, "S"])
     onnx_graph = helper.make_graph(
-        graph.nodes, "edge_clapp_encoder", [samples], outputs, graph.initializers
+        graph.nodes,
+        "edge_clapp_encoder",
+        [samples, *graph.state_inputs],
+        outputs + graph.state_outputs,
+        graph.initializers,
     )
     model = helper.make_model(
         onnx_graph,
@@ -155,6 +184,12 @@ def build_model(learner: OnlineLearner, layers: int | None = None) -> onnx.Model
             "edge_clapp frame encoder. Input samples: (1, S) float32 mono at "
             f"{config.frontend.sample_rate} Hz, S a multiple of {config.frontend.frame_hop}. "
             "Outputs frames_L: (1, S / frame_hop, C_L), layer L's frame vectors."
+            + (
+                " Streaming: feed each carry_*_out back as carry_* with the next piece "
+                "(zeros at the start of a stream)."
+                if streaming
+                else ""
+            )
         ),
     )
     model.ir_version = 8  # what onnxruntime releases of 2024 and later all read
@@ -177,6 +212,7 @@ def build_model(learner: OnlineLearner, layers: int | None = None) -> onnx.Model
         ),
         "blocks_learned": str(learner.counters.blocks_learned),
         "precision": "float32",
+        "streaming": "true" if streaming else "false",
     }
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
@@ -229,15 +265,41 @@ def check_in_onnxruntime(model: onnx.ModelProto, learner: OnlineLearner) -> tupl
     session = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    outputs = session.run(None, {"samples": samples})
     expected = learner.encode(samples[0])
-    error = max(max_abs_error(o[0], e.numpy()) for o, e in zip(outputs, expected, strict=False))
+    if any(i.name != "samples" for i in model.graph.input):  # streaming: start from zeros
+        outputs = run_stream(session, model, samples, config.block_samples)
+    else:
+        outputs = session.run(None, {"samples": samples})
+    error = max(
+        max_abs_error(o[0], e.numpy()[: o.shape[1]])
+        for o, e in zip(outputs, expected, strict=False)
+    )
     if not error <= TOLERANCE:
         raise ExportError(
             f"onnxruntime disagrees with torch by {error:.2e} (bound {TOLERANCE:.0e}): the "
             "graph is wrong; nothing was written"
         )
     return error, samples.shape[1] / config.frontend.sample_rate
+
+
+def run_stream(session, model: onnx.ModelProto, samples: np.ndarray, piece: int) -> list:
+    """Feeds ``samples`` (1, S) to a streaming graph ``piece`` samples at a time from zero
+    carries; returns each frames output joined over the pieces (a tail shorter than a
+    piece is left out)."""
+    frames = [o.name for o in model.graph.output if o.name.startswith("frames_")]
+    carries = {
+        i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], np.float32)
+        for i in model.graph.input
+        if i.name != "samples"
+    }
+    joined: list[list[np.ndarray]] = [[] for _ in frames]
+    for lo in range(0, samples.shape[1] - piece + 1, piece):
+        out = session.run(None, {"samples": samples[:, lo : lo + piece], **carries})
+        named = dict(zip([o.name for o in model.graph.output], out, strict=True))
+        for k, name in enumerate(frames):
+            joined[k].append(named[name])
+        carries = {name: named[name + "_out"] for name in carries}
+    return [np.concatenate(parts, axis=1) for parts in joined]
 
 
 def frames_for(samples: np.ndarray, frame_hop: int) -> np.ndarray:
@@ -260,6 +322,7 @@ __all__ = [
     "check_in_onnxruntime",
     "frames_for",
     "max_abs_error",
+    "run_stream",
     "save_model",
     "test_signal",
 ]

@@ -27,7 +27,13 @@ from edge_clapp.checkpoint import save_checkpoint
 from edge_clapp.cli import main
 from edge_clapp.config import resolve_config
 from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
-from edge_clapp.export.onnx_float import build_model, frames_for, max_abs_error, save_model
+from edge_clapp.export.onnx_float import (
+    build_model,
+    frames_for,
+    max_abs_error,
+    run_stream,
+    save_model,
+)
 from edge_clapp.learner import OnlineLearner
 
 TOLERANCE = {"raw": 1e-5, "mcu": 5e-4}
@@ -101,6 +107,30 @@ def test_logmel_graph_is_at_least_as_accurate_as_torch_float32(speech):
     assert graph_error <= torch_error, (graph_error, torch_error)
 
 
+@pytest.mark.parametrize("preset", ["raw", "mcu"])
+def test_streaming_graph_chained_equals_the_whole_graph(speech, preset):
+    """One block at a time with the carries fed back, from zeros: the frames of the
+    whole-recording graph. Same tolerances as against torch (measured: raw 2.6e-6, mcu
+    7.7e-5: onnxruntime picks its Conv kernel by length, and the log amplifies)."""
+    train_audio, held_audio = speech
+    learner = learned(preset, train_audio)
+    stream_model = build_model(learner, streaming=True)
+    onnx.checker.check_model(stream_model, full_check=True)
+    inputs = [i.name for i in stream_model.graph.input]
+    assert inputs[0] == "samples" and len(inputs) > 1
+    outputs = {o.name for o in stream_model.graph.output}
+    assert all(f"{name}_out" in outputs for name in inputs[1:])
+    session = onnxruntime.InferenceSession(
+        stream_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    samples = frames_for(np.concatenate(held_audio), learner.config.frontend.frame_hop)
+    chained = run_stream(session, stream_model, samples, learner.config.block_samples)
+    whole = run_onnxruntime(build_model(learner), samples)
+    assert chained[0].shape[1] >= 5 * learner.config.stream.block_frames
+    for part, full in zip(chained, whole, strict=True):
+        assert max_abs_error(part[0], full[0, : part.shape[1]]) <= TOLERANCE[preset]
+
+
 def test_reference_evaluator_matches_torch(speech):
     train_audio, held_audio = speech
     learner = learned("tiny", train_audio)
@@ -144,6 +174,14 @@ def test_export_command_writes_a_checked_model(speech, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "max abs error" in printed
     assert onnx.load(str(out)).graph.output[-1].name == "frames_3"
+    streaming = tmp_path / "mcu-stream.onnx"
+    assert main(["export", str(tmp_path / "run"), "--out", str(streaming), "--streaming"]) == 0
+    assert "3 layer outputs, streaming" in capsys.readouterr().out
+    model = onnx.load(str(streaming))
+    assert [i.name for i in model.graph.input] == [
+        "samples", "carry_frontend", "carry_1", "carry_2"
+    ]  # fmt: skip
+    assert {p.key: p.value for p in model.metadata_props}["streaming"] == "true"
 
 
 def test_export_refusals_leave_nothing_behind(speech, tmp_path, capsys):
