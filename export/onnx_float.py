@@ -199,6 +199,15 @@ def build_model(
         "sample_rate": str(config.frontend.sample_rate),
         "frame_hop": str(config.frontend.frame_hop),
         "frontend": config.frontend.kind.value,
+        **(
+            {
+                "n_mels": str(config.frontend.n_mels),
+                "n_fft": str(config.frontend.n_fft),
+                "win_length": str(config.frontend.win_length),
+            }
+            if config.frontend.kind is FrontendKind.LOGMEL
+            else {}
+        ),
         "layers": json.dumps(
             [
                 {
@@ -213,6 +222,7 @@ def build_model(
         "blocks_learned": str(learner.counters.blocks_learned),
         "precision": "float32",
         "streaming": "true" if streaming else "false",
+        "samples_multiple_of": str(config.frontend.frame_hop),
     }
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
@@ -228,13 +238,19 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
         raise ExportError(
             f"cannot write to '{path.parent}' ({exc.strerror}): choose a writable folder"
         ) from None
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise ExportError(f"cannot write '{path}' ({exc.strerror})") from None
+    except BaseException:  # Ctrl-C included: nothing half-written stays
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -246,13 +262,17 @@ TOLERANCE = 1e-3
 
 
 def test_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
-    """A deterministic stand-in for speech: a gliding tone with harmonics and noise."""
+    """A deterministic stand-in for speech: a gliding tone with harmonics and noise, with
+    a near-silent stretch in the middle (where the log-mel floor matters)."""
     t = np.arange(int(sample_rate * seconds)) / sample_rate
     pitch = 120 + 80 * np.sin(2 * np.pi * 0.7 * t)
     phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
     voice = sum(np.sin(h * phase) / h for h in range(1, 8))
     noise = np.random.default_rng(0).standard_normal(len(t))
-    return (0.2 * voice + 0.01 * noise).astype(np.float32)
+    signal = 0.2 * voice + 0.01 * noise
+    quiet = slice(len(t) * 2 // 5, len(t) * 3 // 5)
+    signal[quiet] = 1e-5 * noise[quiet]
+    return signal.astype(np.float32)
 
 
 def check_in_onnxruntime(model: onnx.ModelProto, learner: OnlineLearner) -> tuple[float, float]:
@@ -261,13 +281,16 @@ def check_in_onnxruntime(model: onnx.ModelProto, learner: OnlineLearner) -> tupl
     import onnxruntime
 
     config = learner.config
-    samples = frames_for(test_signal(config.frontend.sample_rate), config.frontend.frame_hop)
+    hop = config.frontend.frame_hop
+    seconds = max(2.0, 2.5 * config.block_seconds)  # a streaming check needs whole pieces
+    samples = frames_for(test_signal(config.frontend.sample_rate, seconds), hop)
     session = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     expected = learner.encode(samples[0])
     if any(i.name != "samples" for i in model.graph.input):  # streaming: start from zeros
-        outputs = run_stream(session, model, samples, config.block_samples)
+        # Pieces of 1 and 7 frames in turn: shorter and longer than the carries.
+        outputs = run_stream(session, model, samples, [hop, 7 * hop])
     else:
         outputs = session.run(None, {"samples": samples})
     error = max(
@@ -282,10 +305,14 @@ def check_in_onnxruntime(model: onnx.ModelProto, learner: OnlineLearner) -> tupl
     return error, samples.shape[1] / config.frontend.sample_rate
 
 
-def run_stream(session, model: onnx.ModelProto, samples: np.ndarray, piece: int) -> list:
-    """Feeds ``samples`` (1, S) to a streaming graph ``piece`` samples at a time from zero
-    carries; returns each frames output joined over the pieces (a tail shorter than a
-    piece is left out)."""
+def run_stream(
+    session, model: onnx.ModelProto, samples: np.ndarray, pieces: int | list[int]
+) -> list:
+    """Feeds ``samples`` (1, S) to a streaming graph in pieces of ``pieces`` samples (one
+    size, or sizes taken in turn; each a multiple of frame_hop) from zero carries; returns
+    each frames output joined over the pieces (a tail shorter than the next piece is left
+    out)."""
+    sizes = [pieces] if isinstance(pieces, int) else list(pieces)
     frames = [o.name for o in model.graph.output if o.name.startswith("frames_")]
     carries = {
         i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], np.float32)
@@ -293,12 +320,17 @@ def run_stream(session, model: onnx.ModelProto, samples: np.ndarray, piece: int)
         if i.name != "samples"
     }
     joined: list[list[np.ndarray]] = [[] for _ in frames]
-    for lo in range(0, samples.shape[1] - piece + 1, piece):
+    lo, turn = 0, 0
+    while lo + sizes[turn % len(sizes)] <= samples.shape[1]:
+        piece = sizes[turn % len(sizes)]
         out = session.run(None, {"samples": samples[:, lo : lo + piece], **carries})
+        lo, turn = lo + piece, turn + 1
         named = dict(zip([o.name for o in model.graph.output], out, strict=True))
         for k, name in enumerate(frames):
             joined[k].append(named[name])
         carries = {name: named[name + "_out"] for name in carries}
+    if not turn:
+        raise ExportError(f"{samples.shape[1]} samples do not fill one piece of {sizes[0]}")
     return [np.concatenate(parts, axis=1) for parts in joined]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +125,16 @@ def test_streaming_graph_chained_equals_the_whole_graph(speech, preset):
         stream_model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     samples = frames_for(np.concatenate(held_audio), learner.config.frontend.frame_hop)
-    chained = run_stream(session, stream_model, samples, learner.config.block_samples)
     whole = run_onnxruntime(build_model(learner), samples)
-    assert chained[0].shape[1] >= 5 * learner.config.stream.block_frames
-    for part, full in zip(chained, whole, strict=True):
-        assert max_abs_error(part[0], full[0, : part.shape[1]]) <= TOLERANCE[preset]
+    hop, block = learner.config.frontend.frame_hop, learner.config.block_samples
+    # Whole blocks; and 1, 3 frames and a block plus a frame in turn (pieces shorter and
+    # longer than the carries, not aligned to blocks).
+    for pieces in (block, [hop, 3 * hop, block + hop]):
+        chained = run_stream(session, stream_model, samples, pieces)
+        assert chained[0].shape[1] >= 5 * learner.config.stream.block_frames
+        for part, full in zip(chained, whole, strict=True):
+            error = max_abs_error(part[0], full[0, : part.shape[1]])
+            assert error <= TOLERANCE[preset], (pieces, error)
 
 
 def test_reference_evaluator_matches_torch(speech):
@@ -181,7 +187,10 @@ def test_export_command_writes_a_checked_model(speech, tmp_path, capsys):
     assert [i.name for i in model.graph.input] == [
         "samples", "carry_frontend", "carry_1", "carry_2"
     ]  # fmt: skip
-    assert {p.key: p.value for p in model.metadata_props}["streaming"] == "true"
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["streaming"] == "true" and meta["samples_multiple_of"] == "160"
+    assert (meta["n_mels"], meta["n_fft"], meta["win_length"]) == ("32", "512", "400")
+    assert streaming.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_export_refusals_leave_nothing_behind(speech, tmp_path, capsys):
@@ -205,3 +214,18 @@ def test_export_refusals_leave_nothing_behind(speech, tmp_path, capsys):
     assert "is corrupt" in capsys.readouterr().err
     leftovers = sorted(p.name for p in Path(tmp_path).iterdir() if p.name != "run")
     assert leftovers == [], leftovers
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_streaming_export_of_a_long_block_config(tmp_path, capsys):
+    """Blocks longer than the 2 s test signal: the check lengthens the signal."""
+    config = resolve_config("tiny", overrides={"stream": {"block_frames": 250}})
+    save_checkpoint(OnlineLearner(config), tmp_path / "run" / "checkpoint")
+    out = tmp_path / "long.onnx"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--streaming"]) == 0
+    assert "max abs error" in capsys.readouterr().out
