@@ -1,12 +1,13 @@
 """Per-block inference latency: the float ONNX graph in onnxruntime against torch eager.
 
-    .venv/bin/python benchmarks/onnx_latency.py [--preset raw] [--repeats 200]
+    .venv/bin/python benchmarks/onnx_latency.py [--preset raw] [--repeats 1000]
 
 Both run the same encoder (a fresh learner of the preset, seed 0) on the same block of
 klettres speech at batch 1: torch eager through ``OnlineLearner.encode`` (no autograd),
 onnxruntime through the exported whole-block graph and through the streaming graph (one
-block with its carries). Runs are interleaved; the median of --repeats is printed, with
-the ratios and the model sizes. Int8 is not built yet, so it is not measured.
+block with its carries). Runs are interleaved; the median of --repeats (default 1000) is
+printed, with the ratios and the model sizes. Int8 is not built yet, so it is not
+measured.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from edge_clapp.learner import OnlineLearner
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="raw")
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=1000)
     args = parser.parse_args()
 
     learner = OnlineLearner(resolve_config(args.preset, overrides={"seed": 0}))
@@ -39,6 +40,8 @@ def main() -> None:
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    # No spin-waiting between runs: interleaved with torch, spinning threads steal its cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     whole_model = build_model(learner)
     stream_model = build_model(learner, streaming=True)
     sessions = {
