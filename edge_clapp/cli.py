@@ -116,12 +116,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 f"{', '.join(clashing)} cannot change a resumed run: --resume continues with "
                 "the config saved in the run; start a new run to change it"
             )
-        resume = Path(args.resume)
-        if not _exists(resume):
-            raise EdgeClappError(
-                f"'{args.resume}' does not exist: pass the --out folder of an earlier run"
-            )
-        folder = resume / "checkpoint" if (resume / "checkpoint").is_dir() else resume
+        folder = _checkpoint_folder(args.resume)
         try:
             learner, extra = load_checkpoint(folder)
         except CheckpointError as exc:
@@ -141,7 +136,7 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         if (
             not isinstance(recorded, (str, type(None)))
             or type(consumed) is not int
-            or (consumed < 0)
+            or consumed < 0
         ):
             raise EdgeClappError(
                 f"the checkpoint in '{folder}' records a bad source position "
@@ -229,6 +224,14 @@ def _exists(path: Path) -> bool:
         ) from None
 
 
+def _checkpoint_folder(run: str) -> Path:
+    """The checkpoint of a run given as its --out folder (or as the checkpoint itself)."""
+    path = Path(run)
+    if not _exists(path):
+        raise EdgeClappError(f"'{run}' does not exist: pass the --out folder of an earlier run")
+    return path / "checkpoint" if (path / "checkpoint").is_dir() else path
+
+
 def _is_mic(spec: str) -> bool:
     return spec == "mic" or spec.startswith("mic:")
 
@@ -280,11 +283,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from edge_clapp.checkpoint import load_checkpoint
     from edge_clapp.export.onnx_float import build_model, check_in_onnxruntime, save_model
 
-    run = Path(args.checkpoint)
-    if not _exists(run):
-        raise EdgeClappError(f"'{args.checkpoint}' does not exist: pass a run folder")
-    folder = run / "checkpoint" if (run / "checkpoint").is_dir() else run
-    learner, _ = load_checkpoint(folder)
+    learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
     model = build_model(learner, args.layers, streaming=args.streaming)
     error, seconds = check_in_onnxruntime(model, learner)
     path = save_model(model, args.out)
@@ -299,14 +298,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge_clapp.demo import run_demo
+    from edge_clapp.progress import print_demo, print_metrics
 
-    run_demo(
-        out=Path(args.out),
+    out = Path(args.out)
+    result, metrics = run_demo(
+        out=out,
         preset=args.preset,
         seed=args.seed,
         max_seconds=args.max_seconds,
         show_progress=not args.quiet,
     )
+    print_metrics(metrics, out)
+    print_demo(result, out)
     return 0
 
 

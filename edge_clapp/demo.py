@@ -27,7 +27,7 @@ from edge_clapp.corpus import Recording, klettres_recordings, read_mono, split_r
 from edge_clapp.evaluate import score_gap
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.probe import fit_linear_probe, utterance_features
-from edge_clapp.progress import ProgressBar, print_demo, print_metrics
+from edge_clapp.progress import ProgressBar
 from edge_clapp.session import run, write_json
 from edge_clapp.sources import open_files
 
@@ -69,7 +69,8 @@ def run_demo(
     seed: int = 0,
     max_seconds: float | None = None,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Runs the demo into ``out``; returns (demo result, the learning run's metrics)."""
     started = time.perf_counter()
     config = resolve_config(preset, overrides={"seed": seed})
     train, held_out = split_recordings(klettres_recordings())
@@ -131,6 +132,4 @@ def run_demo(
         "total_wall_seconds": time.perf_counter() - started,
     }
     write_json(out / "demo.json", result)
-    print_metrics(metrics, out)
-    print_demo(result, out)
-    return result
+    return result, metrics

@@ -82,6 +82,12 @@ class Counters:
     overflows: int = 0
 
 
+def _warn_sparingly(count: int, message: str) -> None:
+    """Logs ``message % count`` at the 1st, 10th, 100th... occurrence: no flood."""
+    if math.log10(count).is_integer():
+        log.warning(message, count)
+
+
 class OnlineLearner:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -276,13 +282,12 @@ class OnlineLearner:
         if bool(torch.isfinite(layer.z_rows).all()):
             return
         layer.z_rows.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        count = self.counters.activations_overflowed = self.counters.activations_overflowed + 1
-        if math.log10(count).is_integer():  # the 1st, 10th, 100th, ...: no flood
-            log.warning(
-                "activations overflowed in %d layer step(s) so far and were zeroed: the "
-                "weights have grown too large; lower --lr",
-                count,
-            )
+        self.counters.activations_overflowed += 1
+        _warn_sparingly(
+            self.counters.activations_overflowed,
+            "activations overflowed in %d layer step(s) so far and were zeroed: the "
+            "weights have grown too large; lower --lr",
+        )
 
     def _apply(self, layer: ClappLayer, update: RuleStep, lr: float) -> None:
         """Adds lr x the update to the layer, or nothing if any result would be non-finite."""
@@ -299,16 +304,12 @@ class OnlineLearner:
             for (param, _), new in zip(pairs, updated, strict=True):
                 param.copy_(new)
             return
-        rejected = self.counters.updates_rejected_nonfinite = (
-            self.counters.updates_rejected_nonfinite + 1
+        self.counters.updates_rejected_nonfinite += 1
+        _warn_sparingly(
+            self.counters.updates_rejected_nonfinite,
+            "%d non-finite layer update(s) rejected so far (weights left unchanged by "
+            "them): the learning rate is probably too high for this input; lower --lr",
         )
-        if math.log10(rejected).is_integer():  # the 1st, 10th, 100th, ...: no flood
-            log.warning(
-                "%d non-finite layer update(s) rejected so far (weights left unchanged "
-                "by them): the learning rate is probably too high for this input; "
-                "lower --lr",
-                rejected,
-            )
 
     def take_interval(self) -> list[dict[str, float]]:
         """Per-layer means since the previous call (for progress display)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_clapp.checkpoint import save_checkpoint
-from edge_clapp.errors import CheckpointError, HardInterrupt, SessionError
+from edge_clapp.errors import HardInterrupt, SessionError
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.sources import Source
 
@@ -155,7 +155,6 @@ def run(
             f"cannot write the run folder '{out_dir}' ({exc.strerror})"
         ) from None
     block_seconds = learner.config.block_seconds
-    audio = 0.0
     next_checkpoint = checkpoint_every
     started = time.perf_counter()
     last_report = started
@@ -167,7 +166,7 @@ def run(
                 learner.step(block.samples, block.starts, block.overflows)
                 blocks_here += 1
                 guard.in_step = False
-                audio += block_seconds
+                audio = blocks_here * block_seconds
                 now = time.perf_counter()
                 if on_progress is not None and now - last_report >= report_every:
                     on_progress(Progress(audio, now - started, learner.take_interval()))
@@ -184,6 +183,7 @@ def run(
     finally:
         source.close()
     wall = time.perf_counter() - started
+    audio = blocks_here * block_seconds
     if on_progress is not None:
         on_progress(Progress(audio, wall, learner.take_interval()))
     result = metrics(learner, source, audio, wall)
@@ -199,8 +199,6 @@ def run(
         )
     try:
         checkpoint()
-    except CheckpointError:
+    finally:  # the metrics also when the checkpoint cannot be written
         write_json(out_dir / "metrics.json", result)
-        raise
-    write_json(out_dir / "metrics.json", result)
     return result

@@ -287,8 +287,8 @@ class FileSource(Source):
         self._files, self._skip = files, skip_samples
         self._iterator: Iterator[Block] | None = None
         # Estimated from the headers (the resampled length may differ by a few samples).
-        expected = sum(i.frames * sample_rate // i.samplerate for i in files)
-        self.total_seconds = max(expected - skip_samples, 0) / sample_rate
+        self.expected_samples = sum(i.frames * sample_rate // i.samplerate for i in files)
+        self.total_seconds = max(self.expected_samples - skip_samples, 0) / sample_rate
 
     def close(self) -> None:
         if self._iterator is not None:
@@ -412,9 +412,8 @@ def _file_source(
     )
     # Refuse early what cannot fill one block (the length is estimated from the headers;
     # the stream checks the exact count again at its end).
-    if source.total_seconds * rate < block:
-        expected = sum(i.frames * rate // i.samplerate for i in infos)
-        raise _too_short(description, expected, skip, rate, block)
+    if source.expected_samples - skip < block:
+        raise _too_short(description, source.expected_samples, skip, rate, block)
     return source
 
 
