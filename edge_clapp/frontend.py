@@ -74,10 +74,14 @@ class LogMelFrontend:
         return {"carry": self.carry, "window": self.window, "filters": self.filters}
 
     def _frames(self, padded: torch.Tensor) -> torch.Tensor:
-        frames = padded.unfold(0, self.win, self.hop) * self.window  # (T, win)
+        # In float64, rounded to float32 once at the end: in float32 the FFT's rounding
+        # noise from loud bins reaches quiet ones, and the log amplifies it (1e-4 apart
+        # from float64 on speech). The exported graph computes in float64 as well, so the
+        # two agree to float32 rounding whatever their summation order.
+        frames = padded.double().unfold(0, self.win, self.hop) * self.window.double()
         power = torch.fft.rfft(frames, n=self.config.n_fft).abs().square()  # (T, n_fft/2+1)
-        mel = power @ self.filters  # (T, n_mels)
-        return (torch.log(mel + 1e-6) + 6.0) / 3.0
+        mel = power @ self.filters.double()  # (T, n_mels)
+        return ((torch.log(mel + 1e-6) + 6.0) / 3.0).float()
 
     def stream(self, samples: torch.Tensor) -> torch.Tensor:
         padded = torch.cat([self.carry, samples])

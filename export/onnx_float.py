@@ -3,8 +3,9 @@
 Graph (opset 17), batch 1, time dynamic:
 
     samples  (1, S) float32, mono at the config's sample rate; S a multiple of frame_hop
-      -> front end: raw (the waveform as one channel) or log-mel (a Conv with the
-         windowed DFT basis, power, mel matrix, (ln(mel + 1e-6) + 6) / 3)
+      -> front end: raw (the waveform as one channel) or log-mel (in float64: frames
+         by Reshape, a MatMul with the windowed DFT basis, power, mel matrix,
+         (ln(mel + 1e-6) + 6) / 3, then float32)
       -> per layer: left zero pad of kernel - stride positions (the stream's first
          carry), Conv, Relu
     frames_L (1, S / frame_hop, C_L) float32 for each exported layer L: its positions
@@ -87,18 +88,46 @@ def _carry(graph: _Graph, x: str, rows: int, channels: int, name: str) -> str:
 
 
 def _logmel(graph: _Graph, x: str, learner: OnlineLearner) -> str:
-    """(1, 1, S) -> (1, n_mels, S / hop), as LogMelFrontend.sequence computes it."""
+    """(1, 1, S) -> (1, n_mels, S / hop), as LogMelFrontend.sequence computes it, in
+    float64 like it: frames cut by Reshape (each window widened with leading zeros to a
+    whole number of hops) and a DFT by MatMul with the windowed basis."""
     fe = learner.frontend
     config = fe.config
+    hop, win = config.frame_hop, config.win_length
+    hops = -(-win // hop)  # hops per widened window
+    lead = hops * hop - win  # zero columns in front of the window
     bins = config.n_fft // 2 + 1
-    t = np.arange(config.win_length)
-    k = np.arange(bins)[:, None]
-    angle = 2 * np.pi * k * t / config.n_fft
-    window = fe.window.double().numpy()
-    basis = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])  # (2B, win)
-    weight = graph.const("dft", basis[:, None, :].astype(np.float32))  # (2B, 1, win)
-    x = _carry(graph, x, config.win_length - config.frame_hop, 1, "carry_frontend")
-    spectrum = graph.op("Conv", [x, weight], "dft", strides=[config.frame_hop])
+    t = np.arange(win)
+    angle = 2 * np.pi * t[:, None] * np.arange(bins) / config.n_fft  # (win, B)
+    window = fe.window.double().numpy()[:, None]
+    basis = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window], axis=1)
+    basis = np.concatenate([np.zeros((lead, 2 * bins)), basis])  # (hops * hop, 2B)
+
+    x = _carry(graph, x, win - hop, 1, "carry_frontend")  # (1, 1, win - hop + S)
+    if lead:
+        pads = graph.const("pads", np.array([0, 0, lead, 0, 0, 0], dtype=np.int64))
+        x = graph.op("Pad", [x, pads], "lead")
+    rows = graph.op(
+        "Reshape", [x, graph.const("shape", np.array([-1, hop], dtype=np.int64))], "hops"
+    )  # (hops - 1 + T, hop)
+    pieces = []
+    for i in range(hops):  # rows i .. i + T - 1: the i-th hop of every frame
+        end = i - (hops - 1) if i < hops - 1 else np.iinfo(np.int64).max
+        pieces.append(
+            graph.op(
+                "Slice",
+                [
+                    rows,
+                    graph.const("starts", np.array([i], dtype=np.int64)),
+                    graph.const("ends", np.array([end], dtype=np.int64)),
+                    graph.const("axes", np.array([0], dtype=np.int64)),
+                ],
+                "hop",
+            )
+        )
+    frames = graph.op("Concat", pieces, "frames", axis=1) if hops > 1 else pieces[0]
+    frames = graph.op("Cast", [frames], "frames64", to=TensorProto.DOUBLE)  # (T, hops*hop)
+    spectrum = graph.op("MatMul", [frames, graph.const("dft", basis)], "dft")  # (T, 2B)
     split = graph.const("split", np.array([bins, bins], dtype=np.int64))
     real, imag = graph.name("real"), graph.name("imag")
     graph.nodes.append(
@@ -108,16 +137,16 @@ def _logmel(graph: _Graph, x: str, learner: OnlineLearner) -> str:
         "Add",
         [graph.op("Mul", [real, real], "re2"), graph.op("Mul", [imag, imag], "im2")],
         "power",
-    )  # (1, B, T)
-    power_t = graph.op("Transpose", [power], "power_t", perm=[0, 2, 1])  # (1, T, B)
-    filters = graph.const("mel", fe.filters.numpy())  # (B, n_mels)
-    mel = graph.op("MatMul", [power_t, filters], "mel")
-    floor = graph.const("floor", np.array(1e-6, dtype=np.float32))
+    )  # (T, B)
+    filters = graph.const("mel", fe.filters.double().numpy())  # (B, n_mels)
+    mel = graph.op("MatMul", [power, filters], "mel")  # (T, n_mels)
+    floor = graph.const("floor", np.array(1e-6))
     log = graph.op("Log", [graph.op("Add", [mel, floor], "mel_floor")], "log")
-    shift = graph.const("shift", np.array(6.0, dtype=np.float32))
-    three = graph.const("three", np.array(3.0, dtype=np.float32))
-    scaled = graph.op("Div", [graph.op("Add", [log, shift], "shifted"), three], "logmel")
-    return graph.op("Transpose", [scaled], "logmel_t", perm=[0, 2, 1])  # (1, n_mels, T)
+    shifted = graph.op("Add", [log, graph.const("shift", np.array(6.0))], "shifted")
+    scaled = graph.op("Div", [shifted, graph.const("three", np.array(3.0))], "logmel")
+    scaled = graph.op("Cast", [scaled], "logmel32", to=TensorProto.FLOAT)
+    scaled = graph.op("Transpose", [scaled], "logmel_t", perm=[1, 0])  # (n_mels, T)
+    return graph.op("Unsqueeze", [scaled, graph.const("axis", np.array([0]))], "logmel_b")
 
 
 def build_model(
@@ -255,10 +284,11 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
 
 
 # Parity bound of the export check, float32 through different kernels. Measured on
-# klettres speech (tests/test_export.py): raw 1.4e-6; mcu up to 1.6e-4, where torch's FFT
-# and the graph's DFT-by-Conv round quiet bins differently and the log amplifies it (the
-# graph is the closer of the two to float64). A graph error shows as O(1), far above this.
-TOLERANCE = 1e-3
+# klettres speech (tests/test_export.py): raw 1.5e-6, mcu 2.9e-6 (the log-mel front end
+# is float64 on both sides). Ten times the issue's 1e-5 here, because the check runs on
+# whatever weights a run learned, whose activations may be far larger than the test
+# learners'; a wrong graph shows as O(1).
+TOLERANCE = 1e-4
 
 
 def test_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
