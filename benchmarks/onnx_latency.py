@@ -22,7 +22,7 @@ import torch
 
 from edge_clapp.config import resolve_config
 from edge_clapp.corpus import klettres_recordings, read_mono
-from edge_clapp.export.onnx_float import build_model, frames_for
+from edge_clapp.export.model import build_model, frames_for
 from edge_clapp.learner import OnlineLearner
 
 

@@ -30,6 +30,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"rule": rule} if rule else {}
     if getattr(args, "seed", None) is not None:
         out["seed"] = args.seed
+    if getattr(args, "quant", None):
+        out["quant"] = {"enabled": True}
     return out
 
 
@@ -41,6 +43,12 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", choices=["clapp", "clapp-s"], help="rule variant")
     p.add_argument("--schedule", choices=["either", "both"], help="candidate schedule")
     p.add_argument("--offsets", type=int, help="prediction offsets K (frames ahead)")
+    p.add_argument(
+        "--quant",
+        action="store_true",
+        default=None,
+        help="quantisation-aware learning (int8 forward pass; settings in [quant])",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("devices", help="list the audio inputs sounddevice can open")
 
     export = sub.add_parser(
-        "export", help="write a run's encoder as a float ONNX graph, checked in onnxruntime"
+        "export", help="write a run's encoder as an ONNX graph, checked in onnxruntime"
     )
     export.add_argument("checkpoint", metavar="RUN", help="a run folder or its checkpoint/")
     export.add_argument("--out", metavar="FILE.onnx", required=True, help="model to write")
@@ -86,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one piece of a stream per call, with every carry as an input and an output",
     )
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 QDQ graph on the run's quantisation grid (a run learned with --quant)",
+    )
 
     demo = sub.add_parser(
         "demo", help="learn from klettres-data speech and probe the language of held-out files"
@@ -95,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preset", choices=sorted(PRESETS), default="raw")
     demo.add_argument("--max-seconds", type=_seconds, help="learn from at most this much audio")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--quant", action="store_true", help="quantisation-aware learning (int8 forward pass)"
+    )
     return parser
 
 
@@ -108,7 +124,16 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     if args.resume:
         clashing = [
             f"--{k}"
-            for k in ("preset", "config", "seed", "lr", "variant", "schedule", "offsets")
+            for k in (
+                "preset",
+                "config",
+                "seed",
+                "lr",
+                "variant",
+                "schedule",
+                "offsets",
+                "quant",
+            )
             if getattr(args, k) is not None
         ]
         if clashing:
@@ -281,17 +306,25 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from edge_clapp.checkpoint import load_checkpoint
-    from edge_clapp.export.onnx_float import build_model, check_in_onnxruntime, save_model
+    from edge_clapp.export.model import build_model, check_in_onnxruntime, save_model
 
     learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
-    model = build_model(learner, args.layers, streaming=args.streaming)
-    error, seconds = check_in_onnxruntime(model, learner)
+    model = build_model(learner, args.layers, streaming=args.streaming, int8=args.int8)
+    figures = check_in_onnxruntime(model, learner)
     path = save_model(model, args.out)
+    kind = ("int8 QDQ" if args.int8 else "float") + (", streaming" if args.streaming else "")
+    codes = (
+        f"; output codes equal in {figures['codes_equal']:.3%}, at most "
+        f"{figures['codes_max_diff']} apart"
+        if args.int8
+        else ""
+    )
     print(
-        f"wrote {path} ({path.stat().st_size:,} bytes, opset {model.opset_import[0].version}, "
-        f"{sum(o.name.startswith('frames_') for o in model.graph.output)} layer outputs"
-        f"{', streaming' if args.streaming else ''}); onnxruntime vs torch on {seconds:.0f} s "
-        f"of test signal: max abs error {error:.2e}"
+        f"wrote {path} ({path.stat().st_size:,} bytes, {kind}, opset "
+        f"{model.opset_import[0].version}, "
+        f"{sum(o.name.startswith('frames_') for o in model.graph.output)} layer outputs); "
+        f"onnxruntime vs torch on {figures['seconds']:.0f} s of test signal: frames max abs "
+        f"error {figures['max_abs_error']:.2e}{codes}"
     )
     return 0
 
@@ -307,6 +340,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_seconds=args.max_seconds,
         show_progress=not args.quiet,
+        quant=args.quant,
     )
     print_metrics(metrics, out)
     print_demo(result, out)

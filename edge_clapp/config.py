@@ -54,6 +54,14 @@ class LayerKind(str, Enum):
     LINEAR = "linear"
 
 
+class Observer(str, Enum):
+    """How an activation range is tracked: the block's max |x|, or a percentile of |x|
+    (outliers clip), either smoothed over blocks by ``quant.momentum``."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+
+
 # Bounds of what the learner is meant for (audio rates; a few negatives per context).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 192000
 MAX_NEGATIVES = 16
@@ -161,9 +169,21 @@ class RuleConfig:
     num_negatives: int = 1
     lr: float = 0.1
     pred_init_std: float = 0.1
+    # Per layer: score u = score_scale * z'^T P_k c against the hinge margin 1; empty
+    # means 1.0 for every layer. See README "Quantisation-aware learning".
+    score_scale: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.variant = _enum(Variant, self.variant, "rule.variant")
+        if not isinstance(self.score_scale, list):
+            raise ConfigError(
+                f"rule.score_scale = {self.score_scale!r} must be a list of numbers, one per "
+                "layer (or empty for 1.0 everywhere)"
+            )
+        for value in self.score_scale:
+            _positive(value, "rule.score_scale[]", integer=False)
+            if not 1e-6 <= value <= 1e6:
+                raise ConfigError(f"rule.score_scale[] = {value!r} is outside 1e-6..1e6")
         self.schedule = _enum(Schedule, self.schedule, "rule.schedule")
         _positive(self.offsets, "rule.offsets")
         _positive(self.num_negatives, "rule.num_negatives")
@@ -203,6 +223,39 @@ class StreamConfig:
 
 
 @dataclass
+class QuantConfig:
+    """Quantisation-aware learning: the forward pass runs on int8 weights (symmetric, per
+    output channel, ``weight_bits`` wide), int32 biases and 8-bit activations (int8 into
+    the first layer, uint8 after each relu) as floats on the integer grid; updates go to
+    the float weights (straight through). Off for the first ``warmup_blocks`` blocks;
+    the observers run from the start so the scales are ready."""
+
+    enabled: bool = False
+    warmup_blocks: int = 0
+    observer: Observer = Observer.MINMAX
+    percentile: float = 99.99
+    momentum: float = 0.9
+    weight_bits: int = 7
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"quant.enabled = {self.enabled!r} must be true or false")
+        _positive(self.warmup_blocks, "quant.warmup_blocks", allow_zero=True)
+        self.observer = _enum(Observer, self.observer, "quant.observer")
+        _positive(self.percentile, "quant.percentile", integer=False)
+        if not 50 <= self.percentile <= 100:
+            raise ConfigError(f"quant.percentile = {self.percentile!r} must be in 50..100")
+        _positive(self.momentum, "quant.momentum", integer=False, allow_zero=True)
+        if not self.momentum < 1:
+            raise ConfigError(f"quant.momentum = {self.momentum!r} must be in [0, 1)")
+        if self.weight_bits not in (7, 8) or isinstance(self.weight_bits, bool):
+            raise ConfigError(
+                f"quant.weight_bits = {self.weight_bits!r} must be 7 or 8 (7 keeps "
+                "onnxruntime's u8 x s8 kernels exact on CPUs without VNNI)"
+            )
+
+
+@dataclass
 class Config:
     preset: str = "custom"
     seed: int = 0
@@ -210,6 +263,7 @@ class Config:
     layers: list[LayerConfig] = field(default_factory=list)
     rule: RuleConfig = field(default_factory=RuleConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
     def __post_init__(self) -> None:
         if (
@@ -236,6 +290,11 @@ class Config:
                 f"frontend.win_length = {fe.win_length} reaches further back than one block "
                 f"({self.block_samples} samples): raise stream.block_frames"
             )
+        if self.rule.score_scale and len(self.rule.score_scale) != len(self.layers):
+            raise ConfigError(
+                f"rule.score_scale has {len(self.rule.score_scale)} values for "
+                f"{len(self.layers)} layers: give one per layer, or none for 1.0 everywhere"
+            )
         if self.stream.block_frames < self.rule.offsets:
             raise ConfigError(
                 f"stream.block_frames = {self.stream.block_frames} is smaller than "
@@ -260,6 +319,9 @@ class Config:
             g.append(g[-1] // layer.stride)
         return g
 
+    def score_scales(self) -> list[float]:
+        return list(self.rule.score_scale) or [1.0] * len(self.layers)
+
     @property
     def block_samples(self) -> int:
         return self.stream.block_frames * self.frontend.frame_hop
@@ -279,7 +341,7 @@ class Config:
         """The config as TOML that ``--config`` reads back to an equal config."""
         data = self.to_dict()
         lines = [f"{k} = {_toml_value(data[k])}" for k in ("preset", "seed")]
-        for section in ("frontend", "rule", "stream"):
+        for section in ("frontend", "rule", "stream", "quant"):
             lines += ["", f"[{section}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items()]
         for layer in data["layers"]:
@@ -301,6 +363,7 @@ class Config:
             "frontend": _section(FrontendConfig, data.pop("frontend", {}), "frontend"),
             "rule": _section(RuleConfig, data.pop("rule", {}), "rule"),
             "stream": _section(StreamConfig, data.pop("stream", {}), "stream"),
+            "quant": _section(QuantConfig, data.pop("quant", {}), "quant"),
             "layers": [
                 _section(LayerConfig, layer, f"layers[{i}]") for i, layer in enumerate(layers)
             ],
@@ -324,6 +387,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 

@@ -69,10 +69,16 @@ def run_demo(
     seed: int = 0,
     max_seconds: float | None = None,
     show_progress: bool = True,
+    quant: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Runs the demo into ``out``; returns (demo result, the learning run's metrics)."""
+    """Runs the demo into ``out``; returns (demo result, the learning run's metrics).
+    quant: quantisation-aware learning; the learned encoder is probed on its int8 grid
+    (the initial one in float: no activation range has been observed before learning)."""
     started = time.perf_counter()
-    config = resolve_config(preset, overrides={"seed": seed})
+    overrides: dict[str, Any] = {"seed": seed}
+    if quant:
+        overrides["quant"] = {"enabled": True}
+    config = resolve_config(preset, overrides=overrides)
     train, held_out = split_recordings(klettres_recordings())
     rate = config.frontend.sample_rate
     audio = {
@@ -112,6 +118,7 @@ def run_demo(
     result = {
         "preset": preset,
         "seed": seed,
+        "quant": quant,
         "languages": len(languages),
         "train_recordings": len(train),
         "held_out_recordings": len(held_out),

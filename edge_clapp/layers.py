@@ -20,7 +20,15 @@ import math
 
 import torch
 
-from edge_clapp.config import LayerConfig, RuleConfig, Variant
+from edge_clapp.config import LayerConfig, QuantConfig, RuleConfig, Variant
+from edge_clapp.quant import (
+    INT32,
+    UINT8,
+    RangeObserver,
+    fake_quant_,
+    weight_bound,
+    weight_scales,
+)
 
 
 def patches(padded: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -39,6 +47,7 @@ class ClappLayer:
         rule: RuleConfig,
         block_frames: int,
         generator: torch.Generator,
+        quant: QuantConfig | None = None,
     ) -> None:
         self.config = config
         self.in_channels = in_channels
@@ -75,6 +84,16 @@ class ClappLayer:
         self.x_rows = torch.zeros((K + 2 * F) * g, patch)
         self.z_rows = torch.zeros((K + 2 * F) * g, channels)
 
+        # Quantisation-aware learning: the grid's weights and bias (from the float ones
+        # before each block), the output's range observer. ``quant_active`` is set by the
+        # learner (off during the warm-up); the layer's input arrives already on the grid.
+        self.quant = quant if quant is not None and quant.enabled else None
+        self.quant_active = False
+        if self.quant is not None:
+            self.weight_q = torch.zeros_like(self.weight)
+            self.bias_q = torch.zeros_like(self.bias)
+            self.out_observer = RangeObserver(self.quant, signed=False)
+
     # -- bookkeeping --------------------------------------------------------------------
 
     def parameters(self) -> dict[str, torch.Tensor]:
@@ -84,12 +103,40 @@ class ClappLayer:
         return params
 
     def buffers(self) -> dict[str, torch.Tensor]:
-        return {
+        out = {
             "input": self.input,
             "neg_input": self.neg_input,
             "x_rows": self.x_rows,
             "z_rows": self.z_rows,
         }
+        if self.quant is not None:
+            out |= {
+                "weight_q": self.weight_q,
+                "bias_q": self.bias_q,
+                "out_range": self.out_observer.range,
+            }
+        return out
+
+    # -- quantisation -------------------------------------------------------------------
+
+    def weight_scales(self) -> torch.Tensor:
+        """(C,) per-output-channel scales of the current float weights."""
+        return weight_scales(self.weight, self.quant.weight_bits)
+
+    def quantize_parameters(self, input_scale: torch.Tensor) -> None:
+        """weight_q, bias_q <- the float weight and bias on their grids: int8 codes per
+        output channel, int32 bias codes at input_scale x weight scale."""
+        bound = weight_bound(self.quant.weight_bits)
+        scales = self.weight_scales()[:, None]
+        torch.div(self.weight, scales, out=self.weight_q)
+        self.weight_q.round_().clamp_(-bound, bound).mul_(scales)
+        bias_scale = input_scale * scales[:, 0]
+        torch.div(self.bias, bias_scale, out=self.bias_q)
+        self.bias_q.round_().clamp_(*INT32).mul_(bias_scale)
+
+    @property
+    def out_scale(self) -> torch.Tensor:
+        return self.out_observer.scale
 
     def frame_rows(self, first: int, count: int) -> slice:
         """Workspace rows of frames [first, first + count)."""
@@ -102,24 +149,36 @@ class ClappLayer:
         windows = padded.unfold(0, self.kernel, self.stride)  # (T_out, C_in, kernel)
         out.view(-1, self.in_channels, self.kernel).copy_(windows)
 
-    def _forward_rows(self, rows: slice) -> torch.Tensor:
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.quant_active:
+            return self.weight_q, self.bias_q
+        return self.weight, self.bias
+
+    def _forward_rows(self, rows: slice, observe: bool) -> torch.Tensor:
         x, z = self.x_rows[rows], self.z_rows[rows]
-        torch.addmm(self.bias, x, self.weight.t(), out=z)
-        return z.relu_()
+        weight, bias = self._params()
+        torch.addmm(bias, x, weight.t(), out=z)
+        z.relu_()
+        if self.quant is not None:
+            if observe:
+                self.out_observer.observe(z)
+            if self.quant_active:
+                fake_quant_(z, self.out_scale, UINT8)
+        return z
 
     def forward_block(self, x: torch.Tensor) -> torch.Tensor:
         """Current block (F*g*stride, C_in) -> relu outputs (F*g, C), a view of z_rows."""
         self.input[self.carry_rows :].copy_(x)
         rows = self.frame_rows(self.offsets, self.block_frames)
         self._patches(self.input, self.x_rows[rows])
-        return self._forward_rows(rows)
+        return self._forward_rows(rows, observe=True)
 
     def forward_negative(self, x: torch.Tensor) -> torch.Tensor:
         """Replayed block, zero carry -> relu outputs (F*g, C), a view of z_rows."""
         self.neg_input[self.carry_rows :].copy_(x)
         rows = self.frame_rows(self.offsets + self.block_frames, self.block_frames)
         self._patches(self.neg_input, self.x_rows[rows])
-        return self._forward_rows(rows)
+        return self._forward_rows(rows, observe=False)
 
     def commit_block(self) -> None:
         """Keep the last K frames as the ring and the input tail as the next carry."""
@@ -134,4 +193,6 @@ class ClappLayer:
         relu outputs (T_in / stride, C). T_in must be a multiple of the stride."""
         padded = torch.cat([x.new_zeros(self.carry_rows, self.in_channels), x])
         rows = patches(padded, self.kernel, self.stride)  # (T_out, D)
-        return torch.addmm(self.bias, rows, self.weight.t()).relu_()
+        weight, bias = self._params()
+        z = torch.addmm(bias, rows, weight.t()).relu_()
+        return fake_quant_(z, self.out_scale, UINT8) if self.quant_active else z

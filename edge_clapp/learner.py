@@ -22,6 +22,7 @@ import torch
 from edge_clapp.config import Config, Schedule
 from edge_clapp.frontend import make_frontend
 from edge_clapp.layers import ClappLayer
+from edge_clapp.quant import RangeObserver, fake_quant
 from edge_clapp.replay import ReplayPool
 from edge_clapp.rule import Pairs, RuleStep, clapp_step, pool_frames
 
@@ -101,9 +102,15 @@ class OnlineLearner:
         self.layers: list[ClappLayer] = []
         in_channels = self.frontend.channels
         for i, layer_config in enumerate(config.layers):
-            layer = ClappLayer(layer_config, in_channels, g[i + 1], rule, F, self.generator)
+            layer = ClappLayer(
+                layer_config, in_channels, g[i + 1], rule, F, self.generator, config.quant
+            )
             self.layers.append(layer)
             in_channels = layer_config.channels
+        self.score_scales = config.score_scales()
+        # Quantisation-aware learning: the range of the front end's output (int8 into
+        # the first layer); each layer observes its own output.
+        self.input_observer = RangeObserver(config.quant, signed=True)
 
         min_age = math.ceil(stream.replay_min_age_seconds / config.block_seconds)
         self.pool = ReplayPool(stream.replay_capacity, config.block_samples, min_age)
@@ -128,6 +135,8 @@ class OnlineLearner:
             out[f"frontend.{name}"] = t
         for name, t in self.pool.buffers().items():
             out[f"replay.{name}"] = t
+        if self.config.quant.enabled:
+            out["quant.input_range"] = self.input_observer.range
         out["block"] = self.block
         out["segment"] = self.segment
         out["ring_valid"] = self.ring_valid
@@ -151,6 +160,40 @@ class OnlineLearner:
         rate = self.config.frontend.sample_rate / self.config.frontend.frame_hop
         per_frame = sum(layer.g * layer.weight.numel() for layer in self.layers)
         return int(per_frame * rate)
+
+    # -- quantisation -------------------------------------------------------------------
+
+    @property
+    def quant_active(self) -> bool:
+        """Whether the next block (and ``encode``) runs on the integer grid."""
+        quant = self.config.quant
+        return quant.enabled and self.counters.blocks_learned >= quant.warmup_blocks
+
+    def _set_quant(self, active: bool) -> bool:
+        for layer in self.layers:
+            layer.quant_active = active
+        return active
+
+    def input_scales(self) -> list[torch.Tensor]:
+        """Per layer, the scale of its input grid: the front end's, then each layer's
+        output scale below it."""
+        return [self.input_observer.scale] + [layer.out_scale for layer in self.layers[:-1]]
+
+    def quant_scales(self) -> dict[str, object]:
+        """Every scale of the integer graph (what the int8 export writes)."""
+        if not self.config.quant.enabled:
+            raise ValueError("quantisation is not enabled in this learner's config")
+        return {
+            "weight_bits": self.config.quant.weight_bits,
+            "input_scale": float(self.input_observer.scale),
+            "layers": [
+                {
+                    "weight_scales": layer.weight_scales().tolist(),
+                    "output_scale": float(layer.out_scale),
+                }
+                for layer in self.layers
+            ],
+        }
 
     # -- learning -----------------------------------------------------------------------
 
@@ -250,15 +293,32 @@ class OnlineLearner:
 
         # Layer by layer: forward, rule, update. A layer's input is the previous layer's
         # output from before that layer's update, and is a constant to this layer.
+        # Under quantisation every layer's input and output lies on its grid, and the
+        # forward pass uses the grid's weights; the update goes to the float weights.
         x = self.frontend.stream(self.block)
         x_neg = self.frontend.fresh(negative) if negative is not None else None
+        quantized = self._set_quant(self.quant_active)
+        if self.config.quant.enabled:
+            self.input_observer.observe(x)
+            if quantized:
+                scale, bounds = self.input_observer.scale, self.input_observer.bounds
+                x = fake_quant(x, scale, bounds)
+                x_neg = fake_quant(x_neg, scale, bounds) if x_neg is not None else None
         lr = self.config.rule.lr
         for i, layer in enumerate(self.layers):
+            if quantized:
+                layer.quantize_parameters(self.input_scales()[i])
             z = layer.forward_block(x)
             z_neg = layer.forward_negative(x_neg) if x_neg is not None else None
             self._contain_overflow(layer)
             update = clapp_step(
-                layer.x_rows, layer.z_rows, layer.g, layer.pred, layer.retro, pairs
+                layer.x_rows,
+                layer.z_rows,
+                layer.g,
+                layer.pred,
+                layer.retro,
+                pairs,
+                self.score_scales[i],
             )
             self._apply(layer, update, lr)
             self.meters[i].add(update, pairs_used)
@@ -320,15 +380,39 @@ class OnlineLearner:
     # -- inference ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, samples: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
-        """Frame vectors of every layer for a whole recording, starting from zero state:
-        (S,) -> [(S // frame_hop, C_l) for each layer]. Does not touch the stream state."""
+    def encode_positions(
+        self, samples: np.ndarray | torch.Tensor, *, float_weights: bool = False
+    ) -> list[torch.Tensor]:
+        """Every layer's relu outputs for a whole recording from zero state, before the
+        frame pooling: (S,) -> [(S // frame_hop * g_l, C_l)]. Under quantisation (past
+        the warm-up, after at least one block) they lie on each layer's output grid
+        (code x scale); ``float_weights`` runs the float weights without any grid instead
+        (what the float export computes). Does not touch the stream state
+        (beyond refreshing the grid's weights from the float ones)."""
         hop = self.config.frontend.frame_hop
         samples = torch.as_tensor(samples, dtype=torch.float32)
         samples = samples[: samples.numel() // hop * hop]
         x = self.frontend.sequence(samples)
+        # Before the first block no range has been observed: the encoder is float then.
+        observed = float(self.input_observer.range) > 0
+        quantized = self._set_quant(self.quant_active and observed and not float_weights)
+        if quantized:
+            x = fake_quant(x, self.input_observer.scale, self.input_observer.bounds)
         out = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if quantized:
+                layer.quantize_parameters(self.input_scales()[i])
             x = layer.forward_sequence(x)
-            out.append(pool_frames(x, layer.g))
+            out.append(x)
         return out
+
+    @torch.no_grad()
+    def encode(
+        self, samples: np.ndarray | torch.Tensor, *, float_weights: bool = False
+    ) -> list[torch.Tensor]:
+        """Frame vectors of every layer for a whole recording, starting from zero state:
+        (S,) -> [(S // frame_hop, C_l) for each layer]. Does not touch the stream state."""
+        positions = self.encode_positions(samples, float_weights=float_weights)
+        return [
+            pool_frames(x, layer.g) for x, layer in zip(positions, self.layers, strict=True)
+        ]

@@ -12,10 +12,11 @@ Reference: the rule is correct when every update returned here equals minus the 
 gradient of the loss below, in float64 (tests/test_rule.py). For one (context c, candidate
 z', label y) pair at offset k the loss is
 
-    CLAPP-s:  max(0, 1 - y z'^T P_k c)
-    CLAPP:    max(0, 1 - y z'^T P_k sg(c)) + max(0, 1 - y sg(c)^T R_k z')   (sg: detached
-              in the first term the context, in the second the candidate)
+    CLAPP-s:  max(0, 1 - y s z'^T P_k c)
+    CLAPP:    max(0, 1 - y s z'^T P_k sg(c)) + max(0, 1 - y s sg(c)^T R_k z')   (sg:
+              detached in the first term the context, in the second the candidate)
 
+with ``s`` the layer's score scale (1 unless configured)
 weighted by ``Pairs.weight`` and summed. Nothing here records an autograd graph.
 """
 
@@ -66,6 +67,7 @@ def clapp_step(
     pred: torch.Tensor,
     retro: torch.Tensor | None,
     pairs: Pairs,
+    score_scale: float = 1.0,
 ) -> RuleStep:
     """Explicit CLAPP (``retro`` given) or CLAPP-s (``retro`` None) update for one layer.
 
@@ -77,6 +79,7 @@ def clapp_step(
         pred: (K, C, C) prediction matrices P_k.
         retro: (K, C, C) retrodiction matrices R_k (CLAPP) or None (CLAPP-s: R_k = P_k^T).
         pairs: which frames are paired, their labels and weights.
+        score_scale: s in u = s z'^T P_k c, the score's unit against the margin 1.
     """
     n_rows, channels = z_rows.shape
     zhat = pool_frames(z_rows, g)  # (N, C)
@@ -84,30 +87,30 @@ def clapp_step(
     ctx = zhat[pairs.context]  # (K, M, C)
     cand = zhat[pairs.candidate]  # (K, M, C)
 
-    # Future branch: score u = z'^T P_k c; gate open while y u < 1 (inside the margin).
-    dendrite = torch.bmm(ctx, pred.transpose(1, 2))  # (K, M, C): rows (P_k c)^T
+    # Future branch: score u = s z'^T P_k c; gate open while y u < 1 (inside the margin).
+    dendrite = torch.bmm(ctx, pred.transpose(1, 2)).mul_(score_scale)  # rows s (P_k c)^T
     score = (cand * dendrite).sum(-1)  # (K, M)
     gate = (y * score < 1).to(z_rows.dtype)
     third = y * gate * w  # (K, M): the broadcast factor
     loss = (w * torch.clamp(1 - y * score, min=0)).sum()
 
     # Prediction matrices: Hebbian, candidate x context.
-    d_pred = torch.bmm((cand * third[..., None]).transpose(1, 2), ctx)  # (K, C, C)
+    d_pred = torch.bmm((cand * (score_scale * third)[..., None]).transpose(1, 2), ctx)
 
     # Postsynaptic error per frame: the dendritic prediction lands on the candidate frame,
     # the retrodiction on the context frame.
     err = torch.zeros_like(zhat)  # (N, C)
     err.index_add_(0, pairs.candidate.reshape(-1), (third[..., None] * dendrite).flatten(0, 1))
     if retro is None:
-        back = torch.bmm(cand, pred)  # (K, M, C): rows (P_k^T z')^T
+        back = torch.bmm(cand, pred).mul_(score_scale)  # (K, M, C): rows s (P_k^T z')^T
         err.index_add_(0, pairs.context.reshape(-1), (third[..., None] * back).flatten(0, 1))
         d_retro = None
     else:
-        back = torch.bmm(cand, retro.transpose(1, 2))  # (K, M, C): rows (R_k z')^T
+        back = torch.bmm(cand, retro.transpose(1, 2)).mul_(score_scale)  # s (R_k z')^T
         score_r = (ctx * back).sum(-1)  # (K, M)
         third_r = y * (y * score_r < 1).to(z_rows.dtype) * w
         loss = loss + (w * torch.clamp(1 - y * score_r, min=0)).sum()
-        d_retro = torch.bmm((ctx * third_r[..., None]).transpose(1, 2), cand)  # (K, C, C)
+        d_retro = torch.bmm((ctx * (score_scale * third_r)[..., None]).transpose(1, 2), cand)
         err.index_add_(0, pairs.context.reshape(-1), (third_r[..., None] * back).flatten(0, 1))
 
     # Through the average pool (1/g per position) and relu' to every position, then the

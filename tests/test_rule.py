@@ -62,7 +62,9 @@ def _pairs(K, M, n_frames, gen):
 @pytest.mark.parametrize("variant", ["clapp", "clapp-s"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] + str(g[4]) for g in GEOMETRIES])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_explicit_update_equals_minus_gradient(variant, geometry, seed):
+@pytest.mark.parametrize("s", [1.0, 0.3])
+def test_explicit_update_equals_minus_gradient(variant, geometry, seed, s):
+    """s: the layer's score scale, u = s z'^T P c."""
     kind, c_in, channels, kernel, stride, g = geometry
     gen = torch.Generator().manual_seed(seed)
     K, ring, current, negative = 3, 3, 6, 6
@@ -92,8 +94,8 @@ def test_explicit_update_equals_minus_gradient(variant, geometry, seed):
             s0 = torch.einsum(
                 "kmc,kcd,kmd->km", zhat0[pairs.candidate], m, zhat0[pairs.context]
             )
-            m *= 2.0 / s0.std()
-    step = clapp_step(x_rows, z_rows, g, pred, retro, pairs)
+            m *= 2.0 / (s * s0.std())
+    step = clapp_step(x_rows, z_rows, g, pred, retro, pairs, s)
 
     # Autograd: the same loss built from the published two-hinge form.
     params = {"weight": weight, "bias": bias, "pred": pred}
@@ -106,11 +108,11 @@ def test_explicit_update_equals_minus_gradient(variant, geometry, seed):
     ctx, cand = zhat[pairs.context], zhat[pairs.candidate]  # (K, M, C)
     y, w = pairs.label, pairs.weight
     if retro is None:
-        score = torch.einsum("kmc,kcd,kmd->km", cand, params["pred"], ctx)
+        score = s * torch.einsum("kmc,kcd,kmd->km", cand, params["pred"], ctx)
         loss = (w * torch.relu(1 - y * score)).sum()
     else:
-        score = torch.einsum("kmc,kcd,kmd->km", cand, params["pred"], ctx.detach())
-        score_r = torch.einsum("kmc,kcd,kmd->km", ctx, params["retro"], cand.detach())
+        score = s * torch.einsum("kmc,kcd,kmd->km", cand, params["pred"], ctx.detach())
+        score_r = s * torch.einsum("kmc,kcd,kmd->km", ctx, params["retro"], cand.detach())
         loss = (w * torch.relu(1 - y * score)).sum() + (w * torch.relu(1 - y * score_r)).sum()
     loss.backward()
 

@@ -23,14 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_clapp import __version__
 from edge_clapp.config import FrontendKind
 from edge_clapp.errors import EdgeClappError
+from edge_clapp.layers import ClappLayer
 from edge_clapp.learner import OnlineLearner
+from edge_clapp.quant import INT32, weight_bound
 
 OPSET = 17
+# The int8 graph: opset 21 (IR 10), the first whose QuantizeLinear / DequantizeLinear
+# onnx's reference evaluator implements, so the int8 parity is checked in both runtimes.
+OPSET_INT8 = 21
 
 
 class ExportError(EdgeClappError):
@@ -63,17 +69,25 @@ class _Graph:
         return out
 
 
-def _carry(graph: _Graph, x: str, rows: int, channels: int, name: str) -> str:
+def _carry(
+    graph: _Graph,
+    x: str,
+    rows: int,
+    channels: int,
+    name: str,
+    elem_type: int = TensorProto.FLOAT,
+) -> str:
     """Puts the ``rows`` positions before (1, C, T) in front of it: zeros in the whole-
     sequence graph (a stream's start); in the streaming graph an input ``name``, with the
-    last ``rows`` positions of the result as the output ``name`` + "_out"."""
+    last ``rows`` positions of the result as the output ``name`` + "_out". ``elem_type``:
+    the tensor's type (integer codes in the int8 graph, where zero is the zero point)."""
     if rows == 0:
         return x
     if not graph.streaming:
         pads = graph.const("pads", np.array([0, 0, rows, 0, 0, 0], dtype=np.int64))
         return graph.op("Pad", [x, pads], "pad")
     shape = [1, channels, rows]
-    graph.state_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    graph.state_inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
     joined = graph.op("Concat", [name, x], "join", axis=2)
     starts = graph.const("starts", np.array([-rows], dtype=np.int64))
     ends = graph.const("ends", np.array([np.iinfo(np.int64).max], dtype=np.int64))
@@ -81,9 +95,7 @@ def _carry(graph: _Graph, x: str, rows: int, channels: int, name: str) -> str:
     graph.nodes.append(
         helper.make_node("Slice", [joined, starts, ends, axes], [name + "_out"], name=name)
     )
-    graph.state_outputs.append(
-        helper.make_tensor_value_info(name + "_out", TensorProto.FLOAT, shape)
-    )
+    graph.state_outputs.append(helper.make_tensor_value_info(name + "_out", elem_type, shape))
     return joined
 
 
@@ -149,42 +161,168 @@ def _logmel(graph: _Graph, x: str, learner: OnlineLearner) -> str:
     return graph.op("Unsqueeze", [scaled, graph.const("axis", np.array([0]))], "logmel_b")
 
 
+def _check_quantized(learner: OnlineLearner) -> None:
+    quant = learner.config.quant
+    if not quant.enabled:
+        raise ExportError(
+            "this run was learned without quantisation, so it has no int8 scales: learn "
+            "with `edge-clapp learn --quant` (or [quant] enabled = true in the config), or "
+            "export without --int8"
+        )
+    if not learner.quant_active or learner.counters.blocks_learned == 0:
+        raise ExportError(
+            f"this run has learned {learner.counters.blocks_learned} block(s), fewer than "
+            f"quant.warmup_blocks = {quant.warmup_blocks} (or none): its forward pass is not "
+            "on the int8 grid yet; learn longer, or export without --int8"
+        )
+
+
+def _float_layer(graph: _Graph, x: str, layer: ClappLayer, index: int) -> str:
+    """(1, C_in, T) float -> carry, Conv, Relu -> (1, C, T_l) float."""
+    weight = layer.weight.numpy().reshape(layer.channels, layer.in_channels, layer.kernel)
+    x = _carry(graph, x, layer.carry_rows, layer.in_channels, f"carry_{index + 1}")
+    x = graph.op(
+        "Conv",
+        [x, graph.const("weight", weight), graph.const("bias", layer.bias.numpy())],
+        "conv",
+        strides=[layer.stride],
+        kernel_shape=[layer.kernel],
+    )
+    return graph.op("Relu", [x], "relu")
+
+
+def _int8_layer(
+    graph: _Graph, codes: str, layer: ClappLayer, index: int, input_scale: torch.Tensor
+) -> str:
+    """(1, C_in, T) input codes (int8 into the first layer, else uint8) -> carry of codes,
+    DequantizeLinear, Conv on dequantized int8 weights and int32 bias, Relu,
+    QuantizeLinear -> (1, C, T_l) uint8 output codes. The same grid as
+    ``ClappLayer.quantize_parameters`` and the learner's fake quantisation."""
+    signed = index == 0
+    elem = TensorProto.INT8 if signed else TensorProto.UINT8
+    zero_type = np.int8 if signed else np.uint8
+    name = f"carry_{index + 1}"
+    codes = _carry(graph, codes, layer.carry_rows, layer.in_channels, name, elem)
+    x = graph.op(
+        "DequantizeLinear",
+        [
+            codes,
+            graph.const("in_scale", input_scale.numpy()),
+            graph.const("in_zero", np.array(0, dtype=zero_type)),
+        ],
+        "dq_in",
+    )
+    bound = weight_bound(layer.quant.weight_bits)
+    w_scales = layer.weight_scales()  # (C,) float32
+    w_codes = torch.round(layer.weight / w_scales[:, None]).clamp_(-bound, bound)
+    b_scales = input_scale * w_scales  # float32, as the learner multiplies them
+    b_codes = torch.round(layer.bias / b_scales).clamp_(*INT32)
+    shape = (layer.channels, layer.in_channels, layer.kernel)
+    weight = graph.op(
+        "DequantizeLinear",
+        [
+            graph.const("w_codes", w_codes.numpy().astype(np.int8).reshape(shape)),
+            graph.const("w_scale", w_scales.numpy()),
+            graph.const("w_zero", np.zeros(layer.channels, dtype=np.int8)),
+        ],
+        "dq_w",
+        axis=0,
+    )
+    bias = graph.op(
+        "DequantizeLinear",
+        [
+            graph.const("b_codes", b_codes.numpy().astype(np.int64).astype(np.int32)),
+            graph.const("b_scale", b_scales.numpy()),
+            graph.const("b_zero", np.zeros(layer.channels, dtype=np.int32)),
+        ],
+        "dq_b",
+        axis=0,
+    )
+    x = graph.op(
+        "Conv", [x, weight, bias], "conv", strides=[layer.stride], kernel_shape=[layer.kernel]
+    )
+    x = graph.op("Relu", [x], "relu")
+    return graph.op(
+        "QuantizeLinear",
+        [
+            x,
+            graph.const("out_scale", layer.out_scale.numpy()),
+            graph.const("out_zero", np.array(0, dtype=np.uint8)),
+        ],
+        "q_out",
+    )
+
+
 def build_model(
-    learner: OnlineLearner, layers: int | None = None, *, streaming: bool = False
+    learner: OnlineLearner,
+    layers: int | None = None,
+    *,
+    streaming: bool = False,
+    int8: bool = False,
 ) -> onnx.ModelProto:
-    """The float inference graph of the first ``layers`` layers (default: all).
+    """The inference graph of the first ``layers`` layers (default: all).
 
     streaming: one piece of a stream per call; every carry (the samples or positions a
     window still needs from the previous piece) is an input ``carry_*`` and an output
-    ``carry_*_out``, to feed back with the next piece; zeros start a stream."""
+    ``carry_*_out``, to feed back with the next piece; zeros start a stream.
+    int8: QDQ form on the learner's quantisation grid (needs a run learned with
+    quantisation): the front end's output quantized to int8, each layer on int8 weights
+    and int32 bias with uint8 outputs; extra outputs ``codes_L`` (1, T_L, C_L) uint8, the
+    layer's output codes at every position; carries are codes."""
     config = learner.config
     count = len(learner.layers) if layers is None else layers
     if not 1 <= count <= len(learner.layers):
         raise ExportError(
             f"--layers {layers} is out of range: the encoder has {len(learner.layers)} layers"
         )
+    if int8:
+        _check_quantized(learner)
+        learner.encode_positions(np.zeros(config.frontend.frame_hop, np.float32))
     graph = _Graph(streaming)
     x = graph.op("Unsqueeze", ["samples", graph.const("axis", np.array([1]))], "wave")
     if config.frontend.kind is FrontendKind.LOGMEL:
         x = _logmel(graph, x, learner)
     elif config.frontend.kind is not FrontendKind.RAW:
         raise ExportError(f"front end {config.frontend.kind!r} cannot be exported")
+    if int8:
+        scale = learner.input_observer.scale
+        x = graph.op(
+            "QuantizeLinear",
+            [
+                x,
+                graph.const("in_scale", scale.numpy()),
+                graph.const("in_zero", np.array(0, dtype=np.int8)),
+            ],
+            "q_in",
+        )
 
     g = config.positions_per_frame()
-    outputs = []
+    outputs, code_outputs = [], []
     for i, layer in enumerate(learner.layers[:count]):
-        weight = layer.weight.numpy().reshape(layer.channels, layer.in_channels, layer.kernel)
-        x = _carry(graph, x, layer.carry_rows, layer.in_channels, f"carry_{i + 1}")
-        x = graph.op(
-            "Conv",
-            [x, graph.const("weight", weight), graph.const("bias", layer.bias.numpy())],
-            "conv",
-            strides=[layer.stride],
-            kernel_shape=[layer.kernel],
-        )
-        x = graph.op("Relu", [x], "relu")  # (1, C, T_l)
+        if int8:
+            x = _int8_layer(graph, x, layer, i, learner.input_scales()[i])  # uint8 codes
+            values = graph.op(
+                "DequantizeLinear",
+                [
+                    x,
+                    graph.const("out_scale", layer.out_scale.numpy()),
+                    graph.const("out_zero", np.array(0, dtype=np.uint8)),
+                ],
+                "dq_out",
+            )
+            name = f"codes_{i + 1}"
+            graph.nodes.append(
+                helper.make_node("Transpose", [x], [name], name=name, perm=[0, 2, 1])
+            )
+            code_outputs.append(
+                helper.make_tensor_value_info(
+                    name, TensorProto.UINT8, [1, f"positions_{i + 1}", layer.channels]
+                )
+            )
+        else:
+            x = values = _float_layer(graph, x, layer, i)  # (1, C, T_l)
         pooled = graph.op(
-            "AveragePool", [x], "pool", kernel_shape=[g[i + 1]], strides=[g[i + 1]]
+            "AveragePool", [values], "pool", kernel_shape=[g[i + 1]], strides=[g[i + 1]]
         )
         name = f"frames_{i + 1}"
         graph.nodes.append(
@@ -195,6 +333,7 @@ def build_model(
                 name, TensorProto.FLOAT, [1, "frames", layer.channels]
             )
         )
+    outputs += code_outputs
 
     samples = helper.make_tensor_value_info("samples", TensorProto.FLOAT, [1, "S"])
     onnx_graph = helper.make_graph(
@@ -206,13 +345,19 @@ def build_model(
     )
     model = helper.make_model(
         onnx_graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=[helper.make_opsetid("", OPSET_INT8 if int8 else OPSET)],
         producer_name="edge_clapp",
         producer_version=__version__,
         doc_string=(
             "edge_clapp frame encoder. Input samples: (1, S) float32 mono at "
             f"{config.frontend.sample_rate} Hz, S a multiple of {config.frontend.frame_hop}. "
             "Outputs frames_L: (1, S / frame_hop, C_L), layer L's frame vectors."
+            + (
+                " Int8 (QDQ): codes_L (1, positions, C_L) uint8 are layer L's output codes "
+                "(value = code x its scale)."
+                if int8
+                else ""
+            )
             + (
                 " Streaming: feed each carry_*_out back as carry_* with the next piece "
                 "(zeros at the start of a stream)."
@@ -221,7 +366,8 @@ def build_model(
             )
         ),
     )
-    model.ir_version = 8  # what onnxruntime releases of 2024 and later all read
+    # What onnxruntime releases of 2024 and later all read.
+    model.ir_version = 10 if int8 else 8
     metadata = {
         "edge_clapp_version": __version__,
         "preset": config.preset,
@@ -249,13 +395,20 @@ def build_model(
             ]
         ),
         "blocks_learned": str(learner.counters.blocks_learned),
-        "precision": "float32",
+        "precision": "int8-qdq" if int8 else "float32",
+        **({"quant_scales": json.dumps(_scales_metadata(learner, count))} if int8 else {}),
         "streaming": "true" if streaming else "false",
         "samples_multiple_of": str(config.frontend.frame_hop),
     }
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _scales_metadata(learner: OnlineLearner, count: int) -> dict[str, object]:
+    scales = learner.quant_scales()
+    scales["layers"] = scales["layers"][:count]
+    return scales
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
@@ -305,34 +458,87 @@ def test_signal(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
     return signal.astype(np.float32)
 
 
-def check_in_onnxruntime(model: onnx.ModelProto, learner: OnlineLearner) -> tuple[float, float]:
-    """Runs ``model`` in onnxruntime on the test signal and compares every output with
-    ``learner.encode``. Returns (max abs error, seconds of signal); raises past TOLERANCE."""
+# The int8 graph against the learner's fake quantisation, in output codes (LSB): the
+# same integers except where float32 rounding puts a value on the other side of a
+# rounding boundary (measured on klettres: 100 % equal for mcu, 99.998 % for raw).
+MIN_CODES_EQUAL = 0.99
+MAX_CODE_DIFF = 1
+
+
+def expected_codes(learner: OnlineLearner, samples: np.ndarray) -> list[np.ndarray]:
+    """The learner's output codes of every layer, (T_l, C_l) int64: the reference of the
+    int8 graph's ``codes_L``."""
+    positions = learner.encode_positions(samples)
+    return [
+        torch.round(z / layer.out_scale).numpy().astype(np.int64)
+        for z, layer in zip(positions, learner.layers, strict=True)
+    ]
+
+
+def compare_codes(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, int]:
+    """(fraction exactly equal, largest difference) over every code of every layer."""
+    equal = total = worst = 0
+    for g, w in zip(got, want, strict=False):
+        diff = np.abs(g.astype(np.int64) - w[: g.shape[0]])
+        equal += int((diff == 0).sum())
+        total += diff.size
+        worst = max(worst, int(diff.max()) if diff.size else 0)
+    return equal / max(total, 1), worst
+
+
+def _outputs(model: onnx.ModelProto, values: list, prefix: str) -> list[np.ndarray]:
+    names = [o.name for o in model.graph.output]
+    return [v[0] for n, v in zip(names, values, strict=False) if n.startswith(prefix)]
+
+
+def check_in_onnxruntime(model: onnx.ModelProto, learner: OnlineLearner) -> dict[str, float]:
+    """Runs ``model`` in onnxruntime on the test signal against the learner (torch): every
+    frames output within TOLERANCE of ``learner.encode``; for an int8 graph every codes
+    output against the learner's codes (at least MIN_CODES_EQUAL equal, none further
+    than MAX_CODE_DIFF apart). Returns the figures; raises ExportError past a bound."""
     import onnxruntime
 
     config = learner.config
     hop = config.frontend.frame_hop
+    int8 = any(o.name.startswith("codes_") for o in model.graph.output)
     seconds = max(2.0, 2.5 * config.block_seconds)  # a streaming check needs whole pieces
     samples = frames_for(test_signal(config.frontend.sample_rate, seconds), hop)
     session = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    expected = learner.encode(samples[0])
     if any(i.name != "samples" for i in model.graph.input):  # streaming: start from zeros
         # Pieces of 1 and 7 frames in turn: shorter and longer than the carries.
         outputs = run_stream(session, model, samples, [hop, 7 * hop])
     else:
         outputs = session.run(None, {"samples": samples})
+    figures = {"seconds": samples.shape[1] / config.frontend.sample_rate}
+    if int8:
+        got = _outputs(model, outputs, "codes_")
+        equal, worst = compare_codes(got, expected_codes(learner, samples[0]))
+        figures |= {"codes_equal": equal, "codes_max_diff": worst}
+        if equal < MIN_CODES_EQUAL or worst > MAX_CODE_DIFF:
+            raise ExportError(
+                f"onnxruntime's int8 codes match the learner's in {equal:.2%} of outputs, "
+                f"up to {worst} apart (bounds: {MIN_CODES_EQUAL:.0%} equal, "
+                f"{MAX_CODE_DIFF} apart); nothing was written. With quant.weight_bits = 8 "
+                "this happens on CPUs without VNNI: learn with weight_bits = 7"
+            )
+        # Frames are averages of codes x scale: one code apart is one scale apart.
+        bound = max(float(layer.out_scale) for layer in learner.layers) * MAX_CODE_DIFF
+    else:
+        bound = TOLERANCE
+    expected = learner.encode(samples[0], float_weights=not int8)
     error = max(
-        max_abs_error(o[0], e.numpy()[: o.shape[1]])
-        for o, e in zip(outputs, expected, strict=False)
+        max_abs_error(o, e.numpy()[: o.shape[0]])
+        for o, e in zip(_outputs(model, outputs, "frames_"), expected, strict=False)
     )
-    if not error <= TOLERANCE:
+    figures["max_abs_error"] = error
+    if not error <= bound * (1 + 1e-6) + 1e-7:
         raise ExportError(
-            f"onnxruntime disagrees with torch by {error:.2e} (bound {TOLERANCE:.0e}): the "
+            f"onnxruntime disagrees with torch by {error:.2e} (bound {bound:.1e}): the "
             "graph is wrong; nothing was written"
         )
-    return error, samples.shape[1] / config.frontend.sample_rate
+    return figures
 
 
 def run_stream(
@@ -340,15 +546,11 @@ def run_stream(
 ) -> list:
     """Feeds ``samples`` (1, S) to a streaming graph in pieces of ``pieces`` samples (one
     size, or sizes taken in turn; each a multiple of frame_hop) from zero carries; returns
-    each frames output joined over the pieces (a tail shorter than the next piece is left
-    out)."""
+    every output other than the carries (frames_*, and codes_* of an int8 graph) joined
+    over the pieces (a tail shorter than the next piece is left out)."""
     sizes = [pieces] if isinstance(pieces, int) else list(pieces)
-    frames = [o.name for o in model.graph.output if o.name.startswith("frames_")]
-    carries = {
-        i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], np.float32)
-        for i in model.graph.input
-        if i.name != "samples"
-    }
+    frames = [o.name for o in model.graph.output if not o.name.startswith("carry_")]
+    carries = zero_carries(model)
     joined: list[list[np.ndarray]] = [[] for _ in frames]
     lo, turn = 0, 0
     while lo + sizes[turn % len(sizes)] <= samples.shape[1]:
@@ -362,6 +564,19 @@ def run_stream(
     if not turn:
         raise ExportError(f"{samples.shape[1]} samples do not fill one piece of {sizes[0]}")
     return [np.concatenate(parts, axis=1) for parts in joined]
+
+
+def zero_carries(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """A stream's start for a streaming graph: every carry input zero (the zero point of
+    the codes in an int8 graph), in its own type."""
+    return {
+        i.name: np.zeros(
+            [d.dim_value for d in i.type.tensor_type.shape.dim],
+            helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type),
+        )
+        for i in model.graph.input
+        if i.name != "samples"
+    }
 
 
 def frames_for(samples: np.ndarray, frame_hop: int) -> np.ndarray:
@@ -378,13 +593,17 @@ def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
 
 __all__ = [
     "OPSET",
+    "OPSET_INT8",
     "TOLERANCE",
     "ExportError",
     "build_model",
     "check_in_onnxruntime",
+    "compare_codes",
+    "expected_codes",
     "frames_for",
     "max_abs_error",
     "run_stream",
     "save_model",
     "test_signal",
+    "zero_carries",
 ]
