@@ -1,13 +1,16 @@
-"""Per-block inference latency: the float ONNX graph in onnxruntime against torch eager.
+"""Per-block inference latency: the ONNX graphs (float and int8) in onnxruntime against
+torch eager, and the model sizes.
 
     .venv/bin/python benchmarks/onnx_latency.py [--preset raw] [--repeats 1000]
 
-Both run the same encoder (a fresh learner of the preset, seed 0) on the same block of
-klettres speech at batch 1: torch eager through ``OnlineLearner.encode`` (no autograd),
-onnxruntime through the exported whole-block graph and through the streaming graph (one
-block with its carries). Runs are interleaved; the median of --repeats (default 1000) is
-printed, with the ratios and the model sizes. Int8 is not built yet, so it is not
-measured.
+Every runtime computes the same encoder: a learner of the preset (seed 0) with
+quantisation-aware learning on, after 10 blocks of klettres speech (so that its int8
+scales exist), on one block of other klettres speech at batch 1. torch eager runs
+``OnlineLearner.encode`` on the float weights (no autograd); onnxruntime runs the float
+graph and the int8 QDQ graph, each whole-block and streaming (one block with its carries).
+Runs are interleaved; the median of --repeats (default 1000) is printed with the ratios
+against torch, then the model sizes, the encoder's share apart (the log-mel front end's
+DFT basis is float64 in both graphs).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from edge_clapp.config import resolve_config
 from edge_clapp.corpus import klettres_recordings, read_mono
-from edge_clapp.export.model import build_model, frames_for
+from edge_clapp.export.model import build_model, frames_for, zero_carries
 from edge_clapp.learner import OnlineLearner
 
 
@@ -32,36 +35,36 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1000)
     args = parser.parse_args()
 
-    learner = OnlineLearner(resolve_config(args.preset, overrides={"seed": 0}))
+    overrides = {"seed": 0, "quant": {"enabled": True}}
+    learner = OnlineLearner(resolve_config(args.preset, overrides=overrides))
     config = learner.config
-    speech = np.concatenate([read_mono(r.path, 16000) for r in klettres_recordings()[:20]])
-    block = frames_for(speech[: config.block_samples], config.frontend.frame_hop)
-    assert block.shape[1] == config.block_samples, "need one full block of speech"
+    speech = np.concatenate([read_mono(r.path, 16000) for r in klettres_recordings()[:40]])
+    n = config.block_samples
+    for b in range(10):
+        assert learner.step(speech[b * n : (b + 1) * n]), "learning block refused"
+    block = frames_for(speech[10 * n : 11 * n], config.frontend.frame_hop)
+    assert block.shape[1] == n, "need eleven full blocks of speech"
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     # No spin-waiting between runs: interleaved with torch, spinning threads steal its cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    whole_model = build_model(learner)
-    stream_model = build_model(learner, streaming=True)
+    models = {
+        "onnxruntime float": build_model(learner),
+        "onnxruntime float streaming": build_model(learner, streaming=True),
+        "onnxruntime int8": build_model(learner, int8=True),
+        "onnxruntime int8 streaming": build_model(learner, streaming=True, int8=True),
+    }
     sessions = {
         name: onnxruntime.InferenceSession(
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-        for name, model in (("whole", whole_model), ("streaming", stream_model))
+        for name, model in models.items()
     }
-    carries = {
-        i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], np.float32)
-        for i in stream_model.graph.input
-        if i.name != "samples"
-    }
-    runs = {
-        "torch eager": lambda: learner.encode(block[0]),
-        "onnxruntime": lambda: sessions["whole"].run(None, {"samples": block}),
-        "onnxruntime streaming": lambda: sessions["streaming"].run(
-            None, {"samples": block, **carries}
-        ),
-    }
+    feeds = {name: {"samples": block, **zero_carries(model)} for name, model in models.items()}
+    runs = {"torch eager": lambda: learner.encode(block[0], float_weights=True)}
+    for name in models:
+        runs[name] = lambda name=name: sessions[name].run(None, feeds[name])
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
         for fn in runs.values():  # warm-up
@@ -79,15 +82,25 @@ def main() -> None:
         f"median of {args.repeats}"
     )
     base = statistics.median(times["torch eager"])
-    print(f"{'runtime':<24} {'ms/block':>9} {'vs torch':>9} {'x real time':>12}")
+    print(f"{'runtime':<28} {'ms/block':>9} {'vs torch':>9} {'x real time':>12}")
     for name, samples in times.items():
         median = statistics.median(samples)
         print(
-            f"{name:<24} {median * 1e3:>9.3f} {base / median:>8.2f}x "
+            f"{name:<28} {median * 1e3:>9.3f} {base / median:>8.2f}x "
             f"{config.block_seconds / median:>12.0f}"
         )
-    size = len(whole_model.SerializeToString())
-    print(f"float model: {size:,} bytes ({learner.parameter_count()['encoder']:,} parameters)")
+    print(f"encoder: {learner.parameter_count()['encoder']:,} parameters")
+    for name in ("onnxruntime float", "onnxruntime int8"):
+        model = models[name]
+        layer_bytes = sum(
+            len(i.SerializeToString())
+            for i in model.graph.initializer
+            if i.name.split("_")[0] in ("weight", "bias", "w", "b")
+        )
+        print(
+            f"{name.split()[1]} model: {len(model.SerializeToString()):,} bytes, of which "
+            f"layer weights and biases {layer_bytes:,}"
+        )
 
 
 if __name__ == "__main__":

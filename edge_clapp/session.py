@@ -57,6 +57,19 @@ def metrics(
         "layers": [
             {"layer": i + 1, **meter.summary()} for i, meter in enumerate(learner.meters)
         ],
+        "quant": _quant_summary(learner),
+    }
+
+
+def _quant_summary(learner: OnlineLearner) -> dict[str, Any] | None:
+    """Whether the forward pass is on the int8 grid, and its activation scales."""
+    if not learner.config.quant.enabled:
+        return None
+    scales = learner.quant_scales()
+    return {
+        "active": learner.quant_active,
+        "input_scale": scales["input_scale"],
+        "output_scales": [layer["output_scale"] for layer in scales["layers"]],
     }
 
 

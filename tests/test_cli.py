@@ -483,3 +483,21 @@ def test_a_closed_stderr_does_not_lose_the_run(speech_folder, tmp_path):
         os.close(write_end)
     assert result.returncode == 0
     assert load_checkpoint(out / "checkpoint")[0].counters.blocks == 4
+
+
+def test_quantisation_aware_run_from_learn_to_int8_export(speech_folder, tmp_path, capsys):
+    out = tmp_path / "q"
+    argv = ["learn", "--source", str(speech_folder), "--out", str(out), "--preset", "mcu"]
+    assert main([*argv, "--quant", "--quiet"]) == 0
+    quant = read_metrics(out)["quant"]
+    assert quant["active"] and quant["input_scale"] > 0
+    assert len(quant["output_scales"]) == 3 and min(quant["output_scales"]) > 0
+    assert resolve_config(None, out / "config.toml").quant.enabled
+    assert main(["export", str(out), "--out", str(tmp_path / "q.onnx"), "--int8"]) == 0
+    assert "int8 QDQ" in capsys.readouterr().out
+    # A resumed run keeps its config: --quant cannot be added or dropped there.
+    assert main(["learn", "--resume", str(out), "--quant", "--quiet"]) == 2
+    assert "--quant cannot change a resumed run" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    assert main([*argv[:4], str(plain), "--preset", "mcu", "--quiet"]) == 0
+    assert read_metrics(plain)["quant"] is None
