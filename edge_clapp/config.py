@@ -248,7 +248,7 @@ class QuantConfig:
         _positive(self.momentum, "quant.momentum", integer=False, allow_zero=True)
         if not self.momentum < 1:
             raise ConfigError(f"quant.momentum = {self.momentum!r} must be in [0, 1)")
-        if self.weight_bits not in (7, 8) or isinstance(self.weight_bits, bool):
+        if type(self.weight_bits) is not int or self.weight_bits not in (7, 8):
             raise ConfigError(
                 f"quant.weight_bits = {self.weight_bits!r} must be 7 or 8 (7 keeps "
                 "onnxruntime's u8 x s8 kernels exact on CPUs without VNNI)"

@@ -22,7 +22,7 @@ import torch
 
 from edge_clapp.config import LayerConfig, QuantConfig, RuleConfig, Variant
 from edge_clapp.quant import (
-    INT32,
+    BIAS,
     UINT8,
     RangeObserver,
     fake_quant_,
@@ -123,16 +123,21 @@ class ClappLayer:
         """(C,) per-output-channel scales of the current float weights."""
         return weight_scales(self.weight, self.quant.weight_bits)
 
-    def quantize_parameters(self, input_scale: torch.Tensor) -> None:
-        """weight_q, bias_q <- the float weight and bias on their grids: int8 codes per
-        output channel, int32 bias codes at input_scale x weight scale."""
+    def quantize_parameters(
+        self, input_scale: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float weight and bias on their grids: int8 codes per output channel, int32
+        bias codes at input_scale x weight scale, times their scales. Written into
+        ``out`` (default: the layer's weight_q, bias_q, which the next block uses)."""
+        weight_q, bias_q = out if out is not None else (self.weight_q, self.bias_q)
         bound = weight_bound(self.quant.weight_bits)
         scales = self.weight_scales()[:, None]
-        torch.div(self.weight, scales, out=self.weight_q)
-        self.weight_q.round_().clamp_(-bound, bound).mul_(scales)
+        torch.div(self.weight, scales, out=weight_q)
+        weight_q.round_().clamp_(-bound, bound).mul_(scales)
         bias_scale = input_scale * scales[:, 0]
-        torch.div(self.bias, bias_scale, out=self.bias_q)
-        self.bias_q.round_().clamp_(*INT32).mul_(bias_scale)
+        torch.div(self.bias, bias_scale, out=bias_q)
+        bias_q.round_().clamp_(*BIAS).mul_(bias_scale)
+        return weight_q, bias_q
 
     @property
     def out_scale(self) -> torch.Tensor:
@@ -188,11 +193,13 @@ class ClappLayer:
         if self.carry_rows:
             self.input[: self.carry_rows] = self.input[-self.carry_rows :]
 
-    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_sequence(
+        self, x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Whole sequence with a zero carry, as a stream would start: (T_in, C_in) ->
         relu outputs (T_in / stride, C). T_in must be a multiple of the stride."""
         padded = torch.cat([x.new_zeros(self.carry_rows, self.in_channels), x])
         rows = patches(padded, self.kernel, self.stride)  # (T_out, D)
-        weight, bias = self._params()
+        weight, bias = params if params is not None else self._params()
         z = torch.addmm(bias, rows, weight.t()).relu_()
         return fake_quant_(z, self.out_scale, UINT8) if self.quant_active else z

@@ -169,6 +169,12 @@ class OnlineLearner:
         quant = self.config.quant
         return quant.enabled and self.counters.blocks_learned >= quant.warmup_blocks
 
+    @property
+    def grid_ready(self) -> bool:
+        """Whether inference runs on the int8 grid: past the warm-up and with at least
+        one block learned (before it, no activation range has been observed)."""
+        return self.quant_active and self.counters.blocks_learned > 0
+
     def _set_quant(self, active: bool) -> bool:
         for layer in self.layers:
             layer.quant_active = active
@@ -384,25 +390,24 @@ class OnlineLearner:
         self, samples: np.ndarray | torch.Tensor, *, float_weights: bool = False
     ) -> list[torch.Tensor]:
         """Every layer's relu outputs for a whole recording from zero state, before the
-        frame pooling: (S,) -> [(S // frame_hop * g_l, C_l)]. Under quantisation (past
-        the warm-up, after at least one block) they lie on each layer's output grid
-        (code x scale); ``float_weights`` runs the float weights without any grid instead
-        (what the float export computes). Does not touch the stream state
-        (beyond refreshing the grid's weights from the float ones)."""
+        frame pooling: (S,) -> [(S // frame_hop * g_l, C_l)]. Once ``grid_ready`` they
+        lie on each layer's output grid (code x scale); ``float_weights`` runs the float
+        weights without any grid instead (what the float export computes). Does not
+        touch the learner's state."""
         hop = self.config.frontend.frame_hop
         samples = torch.as_tensor(samples, dtype=torch.float32)
         samples = samples[: samples.numel() // hop * hop]
         x = self.frontend.sequence(samples)
-        # Before the first block no range has been observed: the encoder is float then.
-        observed = float(self.input_observer.range) > 0
-        quantized = self._set_quant(self.quant_active and observed and not float_weights)
+        quantized = self._set_quant(self.grid_ready and not float_weights)
         if quantized:
             x = fake_quant(x, self.input_observer.scale, self.input_observer.bounds)
         out = []
         for i, layer in enumerate(self.layers):
-            if quantized:
-                layer.quantize_parameters(self.input_scales()[i])
-            x = layer.forward_sequence(x)
+            params = None
+            if quantized:  # into temporaries: the stream's weight_q, bias_q stay as they are
+                temporaries = (torch.empty_like(layer.weight), torch.empty_like(layer.bias))
+                params = layer.quantize_parameters(self.input_scales()[i], temporaries)
+            x = layer.forward_sequence(x, params)
             out.append(x)
         return out
 

@@ -1,12 +1,17 @@
 """Fake quantisation: floats on an integer grid, as the int8 graph and a device hold them.
 
-Conventions (shared with ``export/onnx_int8.py``, which writes them as QDQ nodes):
+Conventions (shared with ``export/model.py``, which writes them as QDQ nodes):
 
 - weights: int8, symmetric per output channel, zero point 0, codes in
   ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` for ``weight_bits`` b; scale = max |w_c| / that bound.
-- bias: int32 at scale ``input_scale * weight_scale_c``, zero point 0.
+- bias: int32 at scale ``input_scale * weight_scale_c``, zero point 0, saturating at
+  +-BIAS_LIMIT = 2^30: exact in float32, and it leaves 2^30 of int32 headroom for the
+  accumulation (|sum x w| <= D x 255 x 127 < 2^30 for patches of D < 33,000), so an
+  integer kernel cannot overflow where the float reference does not.
 - activations: into the first layer int8 ``[-128, 127]``, after a relu uint8 ``[0, 255]``,
-  zero point 0, scale = observed range / 127 (signed) or / 255 (unsigned).
+  zero point 0, scale = observed range / 127 (signed) or / 255 (unsigned); a range
+  never seen above 0 counts as 1.0 (its codes are all 0 at any scale, and the bias of
+  the layer it feeds keeps a usable int32 range).
 - code = clamp(round_half_even(x / scale)), in float32, as ONNX QuantizeLinear does.
 
 Reference: ONNX QuantizeLinear / DequantizeLinear semantics (tests/test_quant.py checks
@@ -21,9 +26,8 @@ from edge_clapp.config import Observer, QuantConfig
 
 INT8 = (-128, 127)
 UINT8 = (0, 255)
-INT32 = (-(2**31), 2**31 - 1)
-# Smallest range an observer reports: keeps scales positive before any signal was seen.
-MIN_RANGE = 1e-8
+BIAS_LIMIT = 2**30
+BIAS = (-BIAS_LIMIT, BIAS_LIMIT)
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, bounds: tuple[int, int]) -> torch.Tensor:
@@ -52,7 +56,8 @@ def weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def activation_scale(value_range: torch.Tensor, signed: bool) -> torch.Tensor:
-    return value_range.clamp(min=MIN_RANGE) / (127.0 if signed else 255.0)
+    usable = torch.where(value_range > 0, value_range, torch.ones_like(value_range))
+    return usable / (127.0 if signed else 255.0)
 
 
 class RangeObserver:

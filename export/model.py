@@ -1,6 +1,7 @@
-"""The encoder's inference graph as float ONNX, built node by node with onnx.helper.
+"""The encoder's inference graph as ONNX, float or int8 (QDQ), built node by node with
+onnx.helper.
 
-Graph (opset 17), batch 1, time dynamic:
+Float graph (opset 17), batch 1, time dynamic:
 
     samples  (1, S) float32, mono at the config's sample rate; S a multiple of frame_hop
       -> front end: raw (the waveform as one channel) or log-mel (in float64: frames
@@ -11,7 +12,13 @@ Graph (opset 17), batch 1, time dynamic:
     frames_L (1, S / frame_hop, C_L) float32 for each exported layer L: its positions
          averaged per 10 ms frame (AveragePool), as ``OnlineLearner.encode`` returns them
 
-Reference: ``OnlineLearner.encode`` in torch (the whole recording from zero state).
+Int8 graph (opset 21): the front end's output through QuantizeLinear (int8); per layer
+DequantizeLinear of the input codes, Conv on DequantizeLinear'd int8 weights (per output
+channel) and int32 bias, Relu, QuantizeLinear (uint8); outputs frames_L as above plus
+codes_L (1, positions, C_L) uint8. Streaming carries of the layers are codes.
+
+Reference: ``OnlineLearner.encode`` in torch (the whole recording from zero state), and
+for int8 the learner's output codes (``expected_codes``).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from edge_clapp.config import FrontendKind
 from edge_clapp.errors import EdgeClappError
 from edge_clapp.layers import ClappLayer
 from edge_clapp.learner import OnlineLearner
-from edge_clapp.quant import INT32, weight_bound
+from edge_clapp.quant import BIAS, weight_bound
 
 OPSET = 17
 # The int8 graph: opset 21 (IR 10), the first whose QuantizeLinear / DequantizeLinear
@@ -169,11 +176,17 @@ def _check_quantized(learner: OnlineLearner) -> None:
             "with `edge-clapp learn --quant` (or [quant] enabled = true in the config), or "
             "export without --int8"
         )
-    if not learner.quant_active or learner.counters.blocks_learned == 0:
+    learned = learner.counters.blocks_learned
+    if learned == 0:
         raise ExportError(
-            f"this run has learned {learner.counters.blocks_learned} block(s), fewer than "
-            f"quant.warmup_blocks = {quant.warmup_blocks} (or none): its forward pass is not "
-            "on the int8 grid yet; learn longer, or export without --int8"
+            "this run has learned no block, so no activation range has been observed and "
+            "it has no int8 scales yet: learn first, or export without --int8"
+        )
+    if not learner.grid_ready:
+        raise ExportError(
+            f"this run is still in its quantisation warm-up ({learned} of "
+            f"quant.warmup_blocks = {quant.warmup_blocks} blocks learned): its forward pass "
+            "is not on the int8 grid yet; learn longer, or export without --int8"
         )
 
 
@@ -216,7 +229,7 @@ def _int8_layer(
     w_scales = layer.weight_scales()  # (C,) float32
     w_codes = torch.round(layer.weight / w_scales[:, None]).clamp_(-bound, bound)
     b_scales = input_scale * w_scales  # float32, as the learner multiplies them
-    b_codes = torch.round(layer.bias / b_scales).clamp_(*INT32)
+    b_codes = torch.round(layer.bias / b_scales).clamp_(*BIAS)
     shape = (layer.channels, layer.in_channels, layer.kernel)
     weight = graph.op(
         "DequantizeLinear",
@@ -277,7 +290,6 @@ def build_model(
         )
     if int8:
         _check_quantized(learner)
-        learner.encode_positions(np.zeros(config.frontend.frame_hop, np.float32))
     graph = _Graph(streaming)
     x = graph.op("Unsqueeze", ["samples", graph.const("axis", np.array([1]))], "wave")
     if config.frontend.kind is FrontendKind.LOGMEL:
@@ -514,14 +526,24 @@ def check_in_onnxruntime(model: onnx.ModelProto, learner: OnlineLearner) -> dict
     figures = {"seconds": samples.shape[1] / config.frontend.sample_rate}
     if int8:
         got = _outputs(model, outputs, "codes_")
-        equal, worst = compare_codes(got, expected_codes(learner, samples[0]))
+        want = expected_codes(learner, samples[0])
+        equal, worst = compare_codes(got, want)
         figures |= {"codes_equal": equal, "codes_max_diff": worst}
         if equal < MIN_CODES_EQUAL or worst > MAX_CODE_DIFF:
+            per_layer = ", ".join(
+                f"layer {i + 1}: {compare_codes([g], [w])[0]:.2%}"
+                for i, (g, w) in enumerate(zip(got, want, strict=False))
+            )
+            hint = (
+                " With quant.weight_bits = 8 this is expected on CPUs without VNNI, whose "
+                "u8 x s8 kernels saturate: learn with weight_bits = 7."
+                if learner.config.quant.weight_bits == 8
+                else " Please report it with the run's config.toml."
+            )
             raise ExportError(
-                f"onnxruntime's int8 codes match the learner's in {equal:.2%} of outputs, "
-                f"up to {worst} apart (bounds: {MIN_CODES_EQUAL:.0%} equal, "
-                f"{MAX_CODE_DIFF} apart); nothing was written. With quant.weight_bits = 8 "
-                "this happens on CPUs without VNNI: learn with weight_bits = 7"
+                f"onnxruntime's int8 codes match the learner's in {equal:.2%} of outputs "
+                f"({per_layer}), up to {worst} apart (bounds: {MIN_CODES_EQUAL:.0%} equal, "
+                f"{MAX_CODE_DIFF} apart); nothing was written.{hint}"
             )
         # Frames are averages of codes x scale: one code apart is one scale apart.
         bound = max(float(layer.out_scale) for layer in learner.layers) * MAX_CODE_DIFF

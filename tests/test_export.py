@@ -1,4 +1,4 @@
-"""Float ONNX export: checker, parity with torch on real speech, metadata, CLI refusals.
+"""ONNX export, float and int8: checker, parity on real speech, metadata, refusals.
 
 Reference: ``OnlineLearner.encode`` (torch, whole recording from zero state). Tolerance,
 float32 max absolute error over every output frame: 1e-5 for raw and mcu in onnxruntime
@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto
+import torch
+from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from edge_clapp import __version__
@@ -29,6 +30,7 @@ from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
 from edge_clapp.export.model import (
     MIN_CODES_EQUAL,
     build_model,
+    check_in_onnxruntime,
     compare_codes,
     expected_codes,
     frames_for,
@@ -37,6 +39,7 @@ from edge_clapp.export.model import (
     save_model,
 )
 from edge_clapp.learner import OnlineLearner
+from edge_clapp.quant import BIAS_LIMIT
 
 TOLERANCE = {"raw": 1e-5, "mcu": 1e-5}
 
@@ -320,11 +323,53 @@ def test_int8_export_refusals(speech, tmp_path, capsys):
     save_checkpoint(warming, tmp_path / "warm" / "checkpoint")
     cases = [
         ("float", "learned without quantisation"),
-        ("warm", "fewer than quant.warmup_blocks = 50"),
+        ("warm", "still in its quantisation warm-up (1 of quant.warmup_blocks = 50"),
     ]
+    fresh = OnlineLearner(resolve_config("tiny", overrides={"quant": {"enabled": True}}))
+    save_checkpoint(fresh, tmp_path / "fresh" / "checkpoint")
+    cases.append(("fresh", "has learned no block"))
     for run, message in cases:
         argv = ["export", str(tmp_path / run), "--out", str(tmp_path / "x.onnx"), "--int8"]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("edge-clapp: error: ") and message in err, err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_int8_export_of_silence_a_saturated_bias_and_the_reference_evaluator(speech):
+    """A run that saw only silence (ranges never above 0: scale of range 1.0, all codes
+    0), and a bias beyond the int32 limit (saturates at +2^30 alike in torch and the graph);
+    the raw front end's int8 graph in onnx's reference evaluator."""
+    train_audio, held_audio = speech
+    config = resolve_config("tiny", overrides={"seed": 1, "quant": {"enabled": True}})
+    silent = OnlineLearner(config)
+    for _ in range(3):
+        assert silent.step(np.zeros(config.block_samples, np.float32))
+    assert float(silent.input_observer.range) == 0.0
+    figures = check_in_onnxruntime(build_model(silent, int8=True), silent)
+    assert figures["codes_equal"] == 1.0
+
+    learner = learned("tiny", train_audio, blocks=5, quant=True)
+    learner.layers[1].bias[0] = 1e9  # far beyond int32 at this scale
+    model = build_model(learner, int8=True)
+    biases = [
+        numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.name.startswith("b_codes")
+    ]
+    assert biases[1][0] == BIAS_LIMIT  # saturated high, not wrapped to -2^31
+    check_in_onnxruntime(model, learner)
+    samples = frames_for(held_audio[0][:16000], learner.config.frontend.frame_hop)
+    reference = ReferenceEvaluator(model).run(None, {"samples": samples})
+    equal, worst = compare_codes(_codes(model, reference), expected_codes(learner, samples[0]))
+    assert equal >= MIN_CODES_EQUAL and worst <= 1, (equal, worst)
+
+
+def test_encode_leaves_the_learner_state_unchanged(speech):
+    train_audio, held_audio = speech
+    learner = learned("mcu", train_audio, blocks=5, quant=True)
+    before = {k: v.clone() for k, v in learner.tensors().items()}
+    learner.encode(held_audio[0])
+    build_model(learner, int8=True)
+    for name, tensor in learner.tensors().items():
+        assert torch.equal(tensor, before[name]), name

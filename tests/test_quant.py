@@ -194,6 +194,7 @@ def test_score_scale_multiplies_the_scores():
     [
         ({"quant": {"weight_bits": 6}}, "weight_bits"),
         ({"quant": {"weight_bits": True}}, "weight_bits"),
+        ({"quant": {"weight_bits": 7.0}}, "weight_bits"),
         ({"quant": {"enabled": "yes"}}, "quant.enabled"),
         ({"quant": {"observer": "mean"}}, "quant.observer"),
         ({"quant": {"percentile": 10}}, "quant.percentile"),
