@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what edge_clapp needs on a fresh Debian machine; safe to run again.
 #   Debian packages: audio I/O (PortAudio, PulseAudio for the virtual microphone),
-#   the demo's speech recordings (klettres-data).
+#   the demo's speech recordings (klettres-data), a C compiler for firmware_sim's
+#   kernels, and the Cortex-M toolchain and emulator they are cross-checked on.
 #   A virtual environment in .venv with the package (editable) and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 # libasound2-plugins: the ALSA `pulse` device through which PortAudio (ALSA only in
 # Debian's build) reaches PulseAudio; pulseaudio depends on it, named here as it is used.
 DEBIAN_PACKAGES=(libportaudio2 libasound2-plugins libsndfile1 pulseaudio pulseaudio-utils
-    klettres-data)
+    klettres-data gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

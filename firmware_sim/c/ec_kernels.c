@@ -1,0 +1,161 @@
+/* edge_clapp integer kernels; see ec_kernels.h. C99, no allocation, no floating point. */
+#include "ec_kernels.h"
+
+#include <stddef.h>
+
+#define EC_INT32_MAX 2147483647LL
+#define EC_UPDATE_ACC_MAX ((1LL << 40) - 1)
+
+/* floor(v / 2^s) for 0 <= s < 63, without relying on >> of a negative value. */
+static int64_t floor_shift(int64_t v, int32_t s) {
+    if (v >= 0) return v >> s;
+    return -(((-(v + 1)) >> s)) - 1;
+}
+
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+static int64_t code(const uint8_t *p, int32_t is_signed) {
+    return is_signed ? (int64_t)(int8_t)*p : (int64_t)*p;
+}
+
+int64_t ec_requantize(int64_t acc, int32_t m0, int32_t sh, int64_t lo, int64_t hi) {
+    acc = clamp64(acc, -EC_INT32_MAX, EC_INT32_MAX);
+    int64_t v = floor_shift(acc * (int64_t)m0 + (1LL << (sh - 1)), sh);
+    return clamp64(v, lo, hi);
+}
+
+uint32_t ec_hash32(uint32_t x) {
+    x *= 0x9E3779B9u;
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
+    return x;
+}
+
+int32_t ec_conv_forward(const uint8_t *x, int32_t x_signed, int32_t t_in, int32_t c_in,
+                        const int8_t *w, const int32_t *bias, int32_t c_out, int32_t kernel,
+                        int32_t stride, const int32_t *m0, const int32_t *sh, uint8_t *out) {
+    int32_t t_out = (t_in - kernel) / stride + 1;
+    int32_t d = c_in * kernel;
+    for (int32_t t = 0; t < t_out; t++) {
+        for (int32_t co = 0; co < c_out; co++) {
+            int64_t acc = bias[co];
+            const int8_t *wr = w + (size_t)co * d;
+            for (int32_t ci = 0; ci < c_in; ci++) {
+                for (int32_t j = 0; j < kernel; j++) {
+                    int64_t xv = code(x + (size_t)(t * stride + j) * c_in + ci, x_signed);
+                    acc += xv * wr[ci * kernel + j];
+                }
+            }
+            out[(size_t)t * c_out + co] = (uint8_t)ec_requantize(acc, m0[co], sh[co], 0, 255);
+        }
+    }
+    return t_out;
+}
+
+void ec_stochastic_round(const int64_t *acc, int64_t n, int64_t row_len, const int32_t *m0,
+                         const int32_t *sh, uint64_t seed, int64_t *delta) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t r = i / row_len;
+        int64_t a = clamp64(acc[i], -EC_UPDATE_ACC_MAX, EC_UPDATE_ACC_MAX);
+        int64_t product = a * (int64_t)m0[r];
+        int32_t pre = sh[r] > 32 ? sh[r] - 32 : 0;
+        int32_t bits = sh[r] - pre;
+        product = floor_shift(product, pre);
+        uint64_t draw = ec_hash32((uint32_t)(seed + (uint64_t)i));
+        int64_t noise = (int64_t)(bits == 32 ? draw : (draw & ((1ULL << bits) - 1)));
+        delta[i] = floor_shift(product + noise, bits);
+    }
+}
+
+/* dot of frame a of z with row i of matrix m (c x c): sum_j m[i, j] * z[a, j]. */
+static int64_t mat_row_dot(const int8_t *m, int32_t c, int32_t i, const uint8_t *za) {
+    int64_t s = 0;
+    for (int32_t j = 0; j < c; j++) s += (int64_t)m[(size_t)i * c + j] * za[j];
+    return s;
+}
+
+/* column i of m (c x c) dotted with z frame: sum_j m[j, i] * z[a, j]. */
+static int64_t mat_col_dot(const int8_t *m, int32_t c, int32_t i, const uint8_t *za) {
+    int64_t s = 0;
+    for (int32_t j = 0; j < c; j++) s += (int64_t)m[(size_t)j * c + i] * za[j];
+    return s;
+}
+
+int64_t ec_clapp_accumulate(const uint8_t *x_rows, int32_t x_signed, int32_t n_frames,
+                            int32_t d, const uint8_t *z, int32_t c, const int8_t *pred,
+                            const int8_t *retro, int32_t k_offsets, int32_t m_pairs,
+                            const int32_t *context, const int32_t *candidate,
+                            const int8_t *label, const uint8_t *valid,
+                            const int64_t *threshold, int64_t *acc_w, int64_t *acc_b,
+                            int64_t *acc_p, int64_t *acc_r, int64_t *err) {
+    int64_t open = 0;
+    size_t cc = (size_t)c * c;
+    for (size_t i = 0; i < (size_t)n_frames * c; i++) err[i] = 0;
+    for (size_t i = 0; i < (size_t)k_offsets * cc; i++) {
+        acc_p[i] = 0;
+        if (acc_r != NULL) acc_r[i] = 0;
+    }
+    for (int32_t k = 0; k < k_offsets; k++) {
+        const int8_t *p = pred + (size_t)k * cc;
+        const int8_t *r = retro != NULL ? retro + (size_t)k * cc : NULL;
+        for (int32_t m = 0; m < m_pairs; m++) {
+            size_t km = (size_t)k * m_pairs + m;
+            const uint8_t *ctx = z + (size_t)context[km] * c;
+            const uint8_t *cand = z + (size_t)candidate[km] * c;
+            int64_t y = label[km], v = valid[km];
+            int64_t score = 0;
+            for (int32_t i = 0; i < c; i++) score += (int64_t)cand[i] * mat_row_dot(p, c, i, ctx);
+            int64_t gate = y * score < threshold[k] ? 1 : 0;
+            int64_t third = y * gate * v;
+            open += gate * v;
+            if (third != 0) {
+                int64_t *e = err + (size_t)candidate[km] * c;
+                for (int32_t i = 0; i < c; i++) {
+                    e[i] += third * mat_row_dot(p, c, i, ctx);
+                    for (int32_t j = 0; j < c; j++)
+                        acc_p[(size_t)k * cc + (size_t)i * c + j] += third * cand[i] * ctx[j];
+                }
+            }
+            if (r == NULL) {
+                if (third != 0) {
+                    int64_t *e = err + (size_t)context[km] * c;
+                    for (int32_t i = 0; i < c; i++) e[i] += third * mat_col_dot(p, c, i, cand);
+                }
+                continue;
+            }
+            int64_t score_r = 0;
+            for (int32_t i = 0; i < c; i++) score_r += (int64_t)ctx[i] * mat_row_dot(r, c, i, cand);
+            int64_t gate_r = y * score_r < threshold[k] ? 1 : 0;
+            int64_t third_r = y * gate_r * v;
+            open += gate_r * v;
+            if (third_r != 0) {
+                int64_t *e = err + (size_t)context[km] * c;
+                for (int32_t i = 0; i < c; i++) {
+                    e[i] += third_r * mat_row_dot(r, c, i, cand);
+                    for (int32_t j = 0; j < c; j++)
+                        acc_r[(size_t)k * cc + (size_t)i * c + j] += third_r * ctx[i] * cand[j];
+                }
+            }
+        }
+    }
+    for (int32_t n = 0; n < n_frames; n++)
+        for (int32_t i = 0; i < c; i++)
+            if (z[(size_t)n * c + i] == 0) err[(size_t)n * c + i] = 0; /* relu' */
+    for (int32_t i = 0; i < c; i++) {
+        int64_t b = 0;
+        for (int32_t n = 0; n < n_frames; n++) b += err[(size_t)n * c + i];
+        acc_b[i] = b;
+        for (int32_t q = 0; q < d; q++) {
+            int64_t s = 0;
+            for (int32_t n = 0; n < n_frames; n++)
+                s += err[(size_t)n * c + i] * code(x_rows + (size_t)n * d + q, x_signed);
+            acc_w[(size_t)i * d + q] = s;
+        }
+    }
+    return open;
+}

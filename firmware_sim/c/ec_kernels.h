@@ -1,0 +1,43 @@
+/* edge_clapp integer kernels: the device path of firmware_sim, in C99.
+ *
+ * Normative reference: firmware_sim/kernels.py (numpy). Every function here must give
+ * the same integers, bit for bit (tests/test_firmware.py, on the host and under QEMU).
+ * Codes are 8-bit: uint8 buffers, read as int8 where a `signed` flag says so.
+ * Accumulators are int64; (m0, sh) is the multiplier m0 * 2^-sh.
+ */
+#ifndef EC_KERNELS_H
+#define EC_KERNELS_H
+
+#include <stdint.h>
+
+/* acc saturated to +-(2^31 - 1), then (acc * m0 + 2^(sh-1)) >> sh, saturated to [lo, hi]. */
+int64_t ec_requantize(int64_t acc, int32_t m0, int32_t sh, int64_t lo, int64_t hi);
+
+/* murmur3's 32-bit finaliser of a counter: the PRNG of the stochastic rounding. */
+uint32_t ec_hash32(uint32_t counter);
+
+/* out[t, c] = requantize(sum_i patch[t, i] * w[c, i] + bias[c]) in [0, 255], relu codes,
+ * patch t = x[t * stride .. t * stride + kernel - 1, :] channel-major (i = ci * kernel + j).
+ * x: t_in rows of c_in codes (int8 if x_signed, else uint8). Returns t_out. */
+int32_t ec_conv_forward(const uint8_t *x, int32_t x_signed, int32_t t_in, int32_t c_in,
+                        const int8_t *w, const int32_t *bias, int32_t c_out, int32_t kernel,
+                        int32_t stride, const int32_t *m0, const int32_t *sh, uint8_t *out);
+
+/* delta[i] = floor((acc[i] * m0[r] + r_i) / 2^sh[r]), r = i / row_len, r_i uniform in
+ * [0, 2^sh) from ec_hash32(seed + i); for sh > 32 the product is first floored by
+ * 2^(sh - 32) and r_i has 32 bits. acc saturates to +-(2^40 - 1). */
+void ec_stochastic_round(const int64_t *acc, int64_t n, int64_t row_len, const int32_t *m0,
+                         const int32_t *sh, uint64_t seed, int64_t *delta);
+
+/* The CLAPP rule's integer accumulators for one layer (one position per frame): see
+ * clapp_accumulate in kernels.py. retro and acc_r may be NULL (CLAPP-s). err is scratch
+ * of n_frames * c. Returns the number of open gates among valid pairs. */
+int64_t ec_clapp_accumulate(const uint8_t *x_rows, int32_t x_signed, int32_t n_frames,
+                            int32_t d, const uint8_t *z, int32_t c, const int8_t *pred,
+                            const int8_t *retro, int32_t k_offsets, int32_t m_pairs,
+                            const int32_t *context, const int32_t *candidate,
+                            const int8_t *label, const uint8_t *valid,
+                            const int64_t *threshold, int64_t *acc_w, int64_t *acc_b,
+                            int64_t *acc_p, int64_t *acc_r, int64_t *err);
+
+#endif

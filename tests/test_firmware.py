@@ -1,0 +1,291 @@
+"""firmware_sim: the integer kernels (numpy, the reference), their C twins, and the
+integer learner against the quantisation-aware float learner.
+
+References: ``firmware_sim/kernels.py`` for every integer path, compared exactly (hand-
+made cases, frozen golden values, the C kernels on random, saturating and real-speech
+inputs). The fake-quant learner is compared with the twin with stated tolerances: output
+codes >= 99 % equal and at most 1 apart; one update within 1 code per weight of the
+float update on the same pairs, for >= 99 % of the weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edge_clapp.config import resolve_config
+from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
+from edge_clapp.firmware_sim import kernels as K
+from edge_clapp.firmware_sim.ckernels import CKernels, compiler
+from edge_clapp.firmware_sim.twin import IntegerLearner, TwinError
+from edge_clapp.learner import OnlineLearner
+from tests.helpers import assert_close
+
+
+@pytest.fixture(scope="module")
+def speech():
+    train, held_out = split_recordings(klettres_recordings())
+    return (
+        np.concatenate([read_mono(r.path, 16000) for r in train[::40]]),
+        [read_mono(r.path, 16000) for r in held_out[::60]],
+    )
+
+
+@pytest.fixture(scope="module")
+def qat(speech):
+    """A quantisation-aware mcu learner after 30 blocks of speech."""
+    stream, _ = speech
+    learner = OnlineLearner(
+        resolve_config("mcu", overrides={"seed": 3, "quant": {"enabled": True}})
+    )
+    n = learner.config.block_samples
+    for b in range(30):
+        assert learner.step(stream[b * n : (b + 1) * n])
+    return learner
+
+
+@pytest.fixture(scope="module")
+def c_kernels():
+    if compiler() is None:
+        pytest.skip("no C compiler (scripts/setup.sh installs gcc)")
+    return CKernels()
+
+
+# -- the reference kernels on hand-made cases ------------------------------------------
+
+
+def test_requantize_rounds_half_up_and_saturates_at_both_ends():
+    half = (1 << 30, 31)  # m0 / 2^sh = 0.5
+    acc = np.array([3, -3, 5, -5, 4, 0, 1000, -1000, 2**40, -(2**40)])
+    got = K.requantize(acc, *half, -128, 127)
+    # 1.5 -> 2, -1.5 -> -1, 2.5 -> 3, -2.5 -> -2, 2, 0, 500 -> 127, -500 -> -128, and the
+    # accumulator saturates to +-(2^31 - 1) first.
+    assert got.tolist() == [2, -1, 3, -2, 2, 0, 127, -128, 127, -128]
+    assert K.requantize(np.array([2**40]), 1 << 30, 62, -(2**40), 2**40).tolist() == [0]
+    relu = K.requantize(np.array([-7, 300, 511, 512]), *half, 0, 255)
+    assert relu.tolist() == [0, 150, 255, 255]
+
+
+def test_fixed_multiplier_represents_reals_to_31_bits():
+    for real in (1.0, 0.5, 0.123456789, 3.3e-7, 1234.5):
+        m0, sh = K.fixed_multiplier(real)
+        assert 2**30 <= m0 < 2**31
+        assert abs(m0 / 2**sh - real) <= real * 2**-30
+    m0, sh = K.fixed_multiplier(1e-12)  # sh is capped at 62: fewer bits, absolute 2^-62
+    assert sh == 62 and abs(m0 / 2**62 - 1e-12) <= 2**-62
+    m0, sh = K.fixed_multiplier(0.3, K.UPDATE_BITS)
+    assert 2**21 <= m0 < 2**22
+    assert K.fixed_multiplier(1e-30) == (0, 62)  # below the format: no update at all
+    with pytest.raises(ValueError):
+        K.fixed_multiplier(0.0)
+
+
+def test_hash_golden_values_and_stochastic_rounding_is_unbiased():
+    # Frozen (computed by hand-written Python integer arithmetic, masked to 32 bits): any
+    # change to the PRNG changes every learned weight.
+    golden = [0, 2462723854, 1020716019, 454327756]
+    assert K.hash32(np.arange(4)).tolist() == golden
+    assert int(K.hash32(np.array([2**32 + 1]))[0]) == golden[1]  # counters wrap at 2^32
+    assert int(K.hash32(np.array([2**32 - 1]))[0]) == 918526378
+    # 0.3 of a code, 100,000 times: the mean is 0.3 and each result is 0 or 1.
+    m0, sh = K.fixed_multiplier(0.3, K.UPDATE_BITS)
+    deltas = K.stochastic_round(np.ones(100_000, np.int64), m0, sh, seed=7)
+    assert set(np.unique(deltas)) == {0, 1}
+    assert abs(deltas.mean() - 0.3) < 0.005
+    negative = K.stochastic_round(-np.ones(100_000, np.int64), m0, sh, seed=7)
+    assert set(np.unique(negative)) == {-1, 0} and abs(negative.mean() + 0.3) < 0.005
+    # Exact multiples need no noise; sh > 32 takes the pre-shift path.
+    assert K.stochastic_round(np.array([8, -8]), 1, 3, seed=0).tolist() == [1, -1]
+    assert K.stochastic_round(np.array([2**40 - 1]), 2**21, 40, seed=0).tolist() == [2**21 - 1]
+
+
+def test_conv_forward_hand_case():
+    x = np.array([[1, -2], [3, 4], [-5, 6]])  # 3 positions, 2 channels (int8 codes)
+    w = np.array([[1, 2, 3, 4], [-1, 0, 0, 0]])  # patch = (ch0 t, ch0 t+1, ch1 t, ch1 t+1)
+    bias = np.array([10, 0])
+    patches, out = K.conv_forward(x, w, bias, kernel=2, stride=1, m0=[1 << 30] * 2, sh=[30] * 2)
+    assert patches.tolist() == [[1, 3, -2, 4], [3, -5, 4, 6]]
+    # channel 0: 1 + 6 - 6 + 16 + 10 = 27, 3 - 10 + 12 + 24 + 10 = 39; channel 1: -1, -3.
+    assert out.tolist() == [[27, 0], [39, 0]]
+
+
+# -- C against the reference -------------------------------------------------------------
+
+
+def _random_accumulate_case(rng, c=6, d=10, n=12, k=3, m=8, retro=True, extreme=False):
+    hi = 127 if extreme else 40
+    x = rng.integers(-128, 128, (n, d)) if not extreme else np.full((n, d), -128)
+    z = rng.integers(0, 256, (n, c)) if not extreme else np.full((n, c), 255)
+    z[rng.random((n, c)) < 0.3] = 0
+    pred = rng.integers(-hi, hi + 1, (k, c, c))
+    ret = rng.integers(-hi, hi + 1, (k, c, c)) if retro else None
+    context = rng.integers(0, n, (k, m))
+    candidate = (context + rng.integers(1, n, (k, m))) % n
+    label = rng.choice([-1, 1], (k, m))
+    valid = (rng.random((k, m)) < 0.8).astype(np.int64)
+    score_scale = int(np.abs(pred).mean() * 255 * 255 * c)
+    threshold = np.full(k, max(score_scale // 2, 1))
+    return x, z, pred, ret, context, candidate, label, valid, threshold
+
+
+@pytest.mark.parametrize("retro", [True, False])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_c_kernels_equal_the_reference_on_random_and_saturating_inputs(
+    c_kernels, retro, extreme
+):
+    rng = np.random.default_rng(11 + 2 * retro + extreme)
+    for _ in range(5):
+        case = _random_accumulate_case(rng, retro=retro, extreme=extreme)
+        want = K.clapp_accumulate(*case)
+        got = c_kernels.clapp_accumulate(*case)
+        for name in ("weight", "bias", "pred", "retro"):
+            if want[name] is None:
+                assert got[name] is None
+            else:
+                assert_close(got[name], want[name], name=name)
+        assert got["open_gates"] == want["open_gates"]
+
+        # Forward: random codes, and codes that drive the accumulator past int32.
+        x = rng.integers(-128, 128, (20, 4))
+        w = rng.integers(-127, 128, (5, 12)) if not extreme else np.full((5, 12), -127)
+        bias = rng.integers(-(2**20), 2**20, 5) if not extreme else np.full(5, 2**31 - 1)
+        m0 = rng.integers(2**30, 2**31, 5)
+        sh = rng.integers(31, 45, 5)
+        _, want_out = K.conv_forward(x, w, bias, 3, 2, m0, sh)
+        assert_close(c_kernels.conv_forward(x, w, bias, 3, 2, m0, sh), want_out, name="conv")
+
+        acc = rng.integers(-(2**45), 2**45, (5, 12))
+        m0 = rng.integers(2**21, 2**22, 5)[:, None]
+        sh = rng.integers(20, 62, 5)[:, None]
+        want_delta = K.stochastic_round(acc, m0, sh, seed=12345)
+        assert_close(c_kernels.stochastic_round(acc, m0, sh, 12345), want_delta, name="sr")
+    for v in (0, 1, 2**31, 2**32 - 1):
+        assert c_kernels.hash32(v) == int(K.hash32(np.array([v]))[0])
+    for acc in (3, -3, 2**40, -(2**40), 12345678):
+        assert c_kernels.requantize(acc, 1 << 30, 31, -128, 127) == int(
+            K.requantize(np.array([acc]), 1 << 30, 31, -128, 127)[0]
+        )
+
+
+def test_c_kernels_equal_the_reference_on_a_real_speech_step(c_kernels, qat, speech):
+    """Every layer of the twin, one block of held-out speech: forward and accumulators."""
+    _, held = speech
+    twin = IntegerLearner(qat, seed=1)
+    n = qat.config.block_samples
+    for b in range(14):  # past the replay pool's minimum age: negatives are in use
+        twin.step_samples(held[0][b * n : (b + 1) * n] if b * n + n <= len(held[0]) else
+                          held[1][(b % 5) * n : (b % 5 + 1) * n])  # fmt: skip
+    for layer in twin.layers:
+        x = layer.input
+        _, want = K.conv_forward(x, layer.weight, layer.bias, layer.kernel, layer.stride,
+                                 layer.fwd_m0, layer.fwd_sh)  # fmt: skip
+        got = c_kernels.conv_forward(x, layer.weight, layer.bias, layer.kernel, layer.stride,
+                                     layer.fwd_m0, layer.fwd_sh)  # fmt: skip
+        assert_close(got, want, name="forward")
+        context, candidate, label, valid = twin._pairs(True)
+        args = (layer.x_rows, layer.z, layer.pred, layer.retro, context, candidate, label,
+                valid, layer.threshold)  # fmt: skip
+        want_acc, got_acc = K.clapp_accumulate(*args), c_kernels.clapp_accumulate(*args)
+        assert want_acc["open_gates"] > 0 and np.abs(want_acc["weight"]).max() > 0
+        for name in ("weight", "bias", "pred", "retro"):
+            assert_close(got_acc[name], want_acc[name], name=name)
+
+
+# -- the twin against the fake-quant learner ---------------------------------------------
+
+
+def test_twin_forward_equals_the_fake_quant_learner(qat, speech):
+    _, held = speech
+    twin = IntegerLearner(qat)
+    equal = total = worst = 0
+    for audio in held:
+        want = [
+            torch.round(z / layer.out_scale).numpy().astype(np.int64)
+            for z, layer in zip(qat.encode_positions(audio), qat.layers, strict=True)
+        ]
+        features = qat.frontend.sequence(torch.as_tensor(audio[: len(audio) // 160 * 160]))
+        got = twin.encode_codes(twin.quantize_features(features.numpy()))
+        for g, w in zip(got, want, strict=True):
+            diff = np.abs(g - w)
+            equal += int((diff == 0).sum())
+            total += diff.size
+            worst = max(worst, int(diff.max()))
+    assert total > 50_000
+    assert equal / total >= 0.99 and worst <= 1, (equal / total, worst)
+
+
+def test_one_twin_update_equals_the_float_update(qat, speech):
+    """Same state, same pairs (all in use), the twin's P on its grid in both: the twin's
+    expected weight change (accumulator x multiplier, in codes) equals the float rule's
+    lr x update / weight scale within 1e-4 of the largest change, and each stochastically
+    rounded change is within 1 code of it."""
+    stream, _ = speech
+    learner = OnlineLearner(qat.config)
+    for name, tensor in qat.tensors().items():
+        learner.tensors()[name].copy_(tensor)
+    learner.counters = type(qat.counters)(**qat.counters.__dict__)
+    twin = IntegerLearner(learner, seed=5)
+    tw = twin.layers[0]
+    layer = learner.layers[0]
+    layer.pred.copy_(torch.from_numpy(tw.pred * tw.p_scale).float())
+    layer.retro.copy_(torch.from_numpy(tw.retro * tw.p_scale).float())
+    seen = {}
+    original_pairs, original_commit = learner._pairs, layer.commit_block
+
+    def keep_pairs(have_negatives):
+        seen["pairs"] = original_pairs(have_negatives)
+        return seen["pairs"]
+
+    def keep_rows():  # the workspace as the rule saw it, before the ring moves
+        seen["x"], seen["z"] = layer.x_rows.clone(), layer.z_rows.clone()
+        original_commit()
+
+    learner._pairs, layer.commit_block = keep_pairs, keep_rows
+    # The twin's scales are frozen at conversion: freeze the learner's observers too.
+    for observer in [learner.input_observer] + [la.out_observer for la in learner.layers]:
+        observer.observe = lambda x: None
+    before = layer.weight.clone()
+    n = learner.config.block_samples
+    assert learner.step(stream[40 * n : 41 * n])
+    pairs = seen["pairs"]
+    assert bool((pairs.weight > 0).all()), "the comparison needs every pair in use"
+    x_codes = torch.round(seen["x"] / float(learner.input_observer.scale)).long().numpy()
+    z_codes = torch.round(seen["z"] / layer.out_scale).long().numpy()
+    acc = K.clapp_accumulate(
+        x_codes, z_codes, tw.pred, tw.retro, pairs.context.numpy(), pairs.candidate.numpy(),
+        pairs.label.long().numpy(), np.ones_like(pairs.context.numpy()), tw.threshold,
+    )  # fmt: skip
+    m0, sh = (np.array(v)[:, None] for v in zip(*tw.mult["weight"], strict=True))
+    expected = acc["weight"] * (m0 / 2.0**sh)
+    float_delta = (layer.weight - before).double().numpy() / tw.scales["weight"][:, None]
+    largest = np.abs(float_delta).max()
+    assert largest > 0.01, "the update is too small to test anything"
+    assert np.abs(expected - float_delta).max() <= 1e-4 * largest
+    delta = K.stochastic_round(acc["weight"], m0, sh, seed=99)
+    assert np.abs(delta - expected).max() < 1.0
+
+
+def test_twin_learns_in_integers_only_and_stays_in_range(qat, speech):
+    stream, _ = speech
+    twin = IntegerLearner(qat, seed=2)
+    start = [layer.weight.copy() for layer in twin.layers]
+    n = qat.config.block_samples
+    for b in range(60, 160):
+        twin.step_samples(stream[b * n : (b + 1) * n])
+    for layer, w0 in zip(twin.layers, start, strict=True):
+        assert (layer.weight != w0).mean() > 0.05  # integer updates do move the weights
+        for name, a in layer.arrays().items():
+            assert a.dtype == np.int64, name
+        assert np.abs(layer.weight).max() <= 127 and np.abs(layer.pred).max() <= 127
+        assert 0 <= layer.z.min() and layer.z.max() <= 255
+    assert all(g > 0 for g in twin.open_gates)
+
+
+def test_twin_refuses_what_it_cannot_run():
+    with pytest.raises(TwinError, match="not learned with quantisation"):
+        IntegerLearner(OnlineLearner(resolve_config("mcu")))
+    raw = OnlineLearner(resolve_config("tiny", overrides={"quant": {"enabled": True}}))
+    raw.step(np.zeros(raw.config.block_samples, np.float32))
+    with pytest.raises(TwinError, match="front end is not log-mel"):
+        IntegerLearner(raw)
