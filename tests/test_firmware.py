@@ -17,6 +17,7 @@ import torch
 from edge_clapp.config import resolve_config
 from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
 from edge_clapp.firmware_sim import kernels as K
+from edge_clapp.firmware_sim import qemu
 from edge_clapp.firmware_sim.ckernels import CKernels, compiler
 from edge_clapp.firmware_sim.twin import IntegerLearner, TwinError
 from edge_clapp.learner import OnlineLearner
@@ -289,3 +290,68 @@ def test_twin_refuses_what_it_cannot_run():
     raw.step(np.zeros(raw.config.block_samples, np.float32))
     with pytest.raises(TwinError, match="front end is not log-mel"):
         IntegerLearner(raw)
+
+
+# -- the same C on an emulated Cortex-M7 -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    why = qemu.toolchain_missing()
+    if why:
+        pytest.skip(why)
+    return qemu
+
+
+def test_cortex_m7_results_are_bit_identical_to_the_reference(emulator, qat, speech):
+    """Random, saturating and real-speech cases of every kernel in one QEMU boot; also
+    the SysTick calibration (40 instructions per tick under -icount shift=0)."""
+    rng = np.random.default_rng(5)
+    cases, expected = [], []
+    for retro, extreme in ((True, False), (False, False), (True, True)):
+        args = _random_accumulate_case(rng, retro=retro, extreme=extreme)
+        cases.append(qemu.Case("accumulate", args))
+        expected.append(K.clapp_accumulate(*args))
+    x, w = rng.integers(-128, 128, (20, 4)), np.full((5, 12), -127)
+    bias, m0, sh = np.full(5, 2**31 - 1), rng.integers(2**30, 2**31, 5), rng.integers(31, 45, 5)
+    cases.append(qemu.Case("conv", (x, w, bias, 3, 2, m0, sh)))
+    expected.append({"out": K.conv_forward(x, w, bias, 3, 2, m0, sh)[1]})
+    acc = rng.integers(-(2**45), 2**45, (5, 12))
+    m0, sh = rng.integers(2**21, 2**22, (5, 1)), rng.integers(20, 62, (5, 1))
+    cases.append(qemu.Case("round", (acc, m0, sh, 4242)))
+    expected.append({"delta": K.stochastic_round(acc, m0, sh, 4242)})
+    # Real speech: the twin's first layer after a block of held-out speech.
+    _, held = speech
+    twin = IntegerLearner(qat, seed=1)
+    n = qat.config.block_samples
+    for b in range(12):
+        twin.step_samples(held[1][(b % 5) * n : (b % 5 + 1) * n])
+    layer = twin.layers[0]
+    conv = (layer.input, layer.weight, layer.bias, layer.kernel, layer.stride, layer.fwd_m0,
+            layer.fwd_sh)  # fmt: skip
+    cases.append(qemu.Case("conv", conv))
+    expected.append({"out": K.conv_forward(*conv)[1]})
+    pairs = twin._pairs(True)
+    args = (layer.x_rows, layer.z, layer.pred, layer.retro, *pairs, layer.threshold)
+    cases.append(qemu.Case("accumulate", args))
+    expected.append(K.clapp_accumulate(*args))
+    cases.append(qemu.Case("calibrate", (1_000_000,)))
+
+    results = qemu.run_cases(cases)
+    for i, (got, want) in enumerate(zip(results[:-1], expected, strict=True)):
+        for name, value in want.items():
+            if name == "score":
+                continue
+            if value is None or isinstance(value, int):
+                assert got[name] == value, (i, name)
+            else:
+                assert_close(got[name], value, name=f"case {i} {name}")
+        assert got["ticks"] > 0
+    assert 2_000_000 / results[-1]["ticks"] == pytest.approx(
+        qemu.INSTRUCTIONS_PER_TICK, rel=1e-3
+    )
+
+
+def test_kernel_object_size_is_reported(emulator):
+    size = qemu.kernel_size()
+    assert 0 < size["text"] < 64 * 1024 and size["ram"] < 1024
