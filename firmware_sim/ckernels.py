@@ -93,6 +93,11 @@ class CKernels:
         lib.ec_clapp_accumulate.restype = _i64
         lib.ec_clapp_accumulate.argtypes = [_p, _i32, _i32, _i32, _p, _i32, _p, _p, _i32, _i32]
         lib.ec_clapp_accumulate.argtypes += [_p] * 10
+        u64 = ctypes.c_uint64
+        lib.ec_clapp_update.restype = _i64
+        lib.ec_clapp_update.argtypes = [_p, _i32, _i32, _i32, _p, _i32, _p, _p, _p, _p, _i32,
+                                        _i32, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _i32,
+                                        u64, u64, u64, u64, _i32, _p, _p, _p]  # fmt: skip
         self.lib = lib
 
     @staticmethod
@@ -168,3 +173,53 @@ class CKernels:
             out["retro"].ctypes.data if retro is not None else None, err.ctypes.data,
         )  # fmt: skip
         return out
+
+    def clapp_update(
+        self,
+        arrays,
+        x_rows,
+        z,
+        context,
+        candidate,
+        label,
+        valid,
+        threshold,
+        mult,
+        seeds,
+        weight_bound: int = 127,
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """The fused update in place on copies of ``arrays`` (weight, bias, pred, retro);
+        returns (new arrays, open gates). mult: weight / bias (m0, sh) per channel, pred
+        one (m0, sh); seeds per array."""
+        xb, signed = self._codes(x_rows)
+        n, d = np.asarray(x_rows).shape
+        c = z.shape[1]
+        k, m = context.shape
+        w = self._arr(arrays["weight"], np.int8)
+        b = self._arr(arrays["bias"], np.int32)
+        p = self._arr(arrays["pred"], np.int8)
+        has_retro = arrays.get("retro") is not None
+        r = self._arr(arrays["retro"], np.int8) if has_retro else None
+        zb = self._arr(z, np.uint8)
+        ctx, cand = self._arr(context, np.int32), self._arr(candidate, np.int32)
+        lab, val = self._arr(label, np.int8), self._arr(valid, np.uint8)
+        thr = self._arr(threshold, np.int64)
+        wm, ws = (self._arr(v, np.int32) for v in mult["weight"])
+        bm, bs = (self._arr(v, np.int32) for v in mult["bias"])
+        pm, ps = (int(np.asarray(v).ravel()[0]) for v in mult["pred"])
+        err = np.zeros((n, c), np.int64)
+        row = np.zeros(max(d, c), np.int64)
+        thirds = np.zeros(2 * k * m, np.int8)
+        open_gates = self.lib.ec_clapp_update(
+            xb.ctypes.data, signed, n, d, zb.ctypes.data, c, w.ctypes.data, b.ctypes.data,
+            p.ctypes.data, r.ctypes.data if has_retro else None, k, m, ctx.ctypes.data,
+            cand.ctypes.data, lab.ctypes.data, val.ctypes.data, thr.ctypes.data,
+            wm.ctypes.data, ws.ctypes.data, bm.ctypes.data, bs.ctypes.data, pm, ps,
+            seeds["weight"], seeds["bias"], seeds["pred"], seeds.get("retro", 0),
+            weight_bound, err.ctypes.data, row.ctypes.data, thirds.ctypes.data,
+        )  # fmt: skip
+        out = {"weight": w.astype(np.int64), "bias": b.astype(np.int64),
+               "pred": p.astype(np.int64)}  # fmt: skip
+        if has_retro:
+            out["retro"] = r.astype(np.int64)
+        return out, open_gates

@@ -163,3 +163,33 @@ def clapp_accumulate(
         "open_gates": open_gates,
         "score": score,
     }
+
+
+def clapp_update(
+    arrays: dict[str, np.ndarray],
+    acc: dict[str, np.ndarray],
+    mult: dict[str, tuple[np.ndarray, np.ndarray]],
+    seeds: dict[str, int],
+    weight_bound: int = 127,
+) -> dict[str, np.ndarray]:
+    """Applies a layer's accumulators: each stochastically rounded with its multipliers
+    (weight and bias: one per output channel, row r of the weight; pred / retro: one) and
+    its own counter range, then added with saturation (weights and P / R codes to
+    +-weight_bound and +-127, bias to int32). Returns the new arrays."""
+    out = {}
+    for name, bound in (
+        ("weight", weight_bound),
+        ("bias", None),
+        ("pred", 127),
+        ("retro", 127),
+    ):
+        if arrays.get(name) is None:
+            continue
+        m0, sh = mult["pred" if name == "retro" else name]
+        m0, sh = np.asarray(m0), np.asarray(sh)
+        if name == "weight":
+            m0, sh = m0[:, None], sh[:, None]
+        delta = stochastic_round(acc[name], m0, sh, seeds[name])
+        lo, hi = (-bound, bound) if bound is not None else (-(2**31), 2**31 - 1)
+        out[name] = np.clip(arrays[name] + delta, lo, hi)
+    return out

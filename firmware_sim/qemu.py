@@ -92,7 +92,7 @@ def kernel_size() -> dict[str, int]:
 
 @dataclass
 class Case:
-    kind: str  # "conv", "accumulate", "round", "calibrate"
+    kind: str  # "conv", "accumulate", "update", "round", "calibrate"
     args: tuple
 
 
@@ -129,6 +129,33 @@ def _encode(case: Case) -> bytes:
         body += np.asarray(label).astype(np.int8).tobytes()
         body += np.asarray(valid).astype(np.uint8).tobytes()
         return head + body + np.asarray(threshold, np.int64).tobytes()
+    if case.kind == "update":
+        arrays, (x, z, context, candidate, label, valid, threshold), mult, seeds, bound = (
+            case.args
+        )
+        x = np.asarray(x)
+        c, d = arrays["weight"].shape
+        k, m = context.shape
+        has_retro = arrays.get("retro") is not None
+        head = i32(5, x.shape[0], d, c, k, m, int(x.min(initial=0) < 0), int(has_retro), bound)
+        body = _u8(x) + np.asarray(z).astype(np.uint8).tobytes()
+        body += arrays["weight"].astype(np.int8).tobytes()
+        body += arrays["bias"].astype(np.int32).tobytes()
+        body += arrays["pred"].astype(np.int8).tobytes()
+        if has_retro:
+            body += arrays["retro"].astype(np.int8).tobytes()
+        body += (
+            np.asarray(context, np.int32).tobytes() + np.asarray(candidate, np.int32).tobytes()
+        )
+        body += np.asarray(label).astype(np.int8).tobytes()
+        body += np.asarray(valid).astype(np.uint8).tobytes()
+        body += np.asarray(threshold, np.int64).tobytes()
+        for name in ("weight", "bias"):
+            body += b"".join(np.asarray(v, np.int32).tobytes() for v in mult[name])
+        body += i32(*(int(np.asarray(v).ravel()[0]) for v in mult["pred"]))
+        body += struct.pack("<4Q", seeds["weight"], seeds["bias"], seeds["pred"],
+                            seeds.get("retro", 0))  # fmt: skip
+        return head + body
     if case.kind == "round":
         acc, m0, sh, seed = case.args
         acc, m0, sh = np.asarray(acc), np.asarray(m0).ravel(), np.asarray(sh).ravel()
@@ -157,6 +184,16 @@ def _decode(case: Case, data: memoryview, at: int) -> tuple[dict, int]:
         out["bias"] = take(8 * c, np.int64, (c,))
         out["pred"] = take(8 * k * c * c, np.int64, (k, c, c))
         out["retro"] = take(8 * k * c * c, np.int64, (k, c, c)) if retro is not None else None
+        out["open_gates"] = int(take(8, np.int64, ())[()])
+    elif case.kind == "update":
+        arrays = case.args[0]
+        c, d = arrays["weight"].shape
+        k = arrays["pred"].shape[0]
+        out["weight"] = take(c * d, np.int8, (c, d))
+        out["bias"] = take(4 * c, np.int32, (c,))
+        out["pred"] = take(k * c * c, np.int8, (k, c, c))
+        if arrays.get("retro") is not None:
+            out["retro"] = take(k * c * c, np.int8, (k, c, c))
         out["open_gates"] = int(take(8, np.int64, ())[()])
     elif case.kind == "round":
         acc = np.asarray(case.args[0])

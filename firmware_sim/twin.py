@@ -35,10 +35,10 @@ from edge_clapp.errors import EdgeClappError
 from edge_clapp.firmware_sim.kernels import (
     UPDATE_BITS,
     clapp_accumulate,
+    clapp_update,
     conv_forward,
     fixed_multiplier,
     hash32,
-    stochastic_round,
 )
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.quant import quantize
@@ -277,20 +277,11 @@ class IntegerLearner:
         self.blocks += 1
 
     def _apply(self, layer: TwinLayer, acc: dict[str, np.ndarray]) -> None:
-        m0, sh = _multipliers(layer.mult["weight"])
-        delta = stochastic_round(
-            acc["weight"], m0[:, None], sh[:, None], self._seed(acc["weight"].size)
-        )
-        layer.weight = np.clip(layer.weight + delta, -INT8_MAX, INT8_MAX)
-        m0, sh = _multipliers(layer.mult["bias"])
-        delta = stochastic_round(acc["bias"], m0, sh, self._seed(acc["bias"].size))
-        layer.bias = np.clip(layer.bias + delta, *INT32_LIMITS)
-        m0, sh = _multipliers(layer.mult["pred"])
-        for name in ("pred", "retro"):
-            if acc.get(name) is None:
-                continue
-            delta = stochastic_round(acc[name], m0[0], sh[0], self._seed(acc[name].size))
-            setattr(layer, name, np.clip(getattr(layer, name) + delta, -INT8_MAX, INT8_MAX))
+        arrays = layer.arrays()
+        seeds = {name: self._seed(a.size) for name, a in arrays.items()}
+        mult = {name: _multipliers(pairs) for name, pairs in layer.mult.items()}
+        for name, value in clapp_update(arrays, acc, mult, seeds).items():
+            setattr(layer, name, value)
 
     def step_samples(self, samples: np.ndarray) -> None:
         """Host front end (streaming, float) then ``step`` on its codes."""

@@ -169,6 +169,62 @@ def test_c_kernels_equal_the_reference_on_random_and_saturating_inputs(
         )
 
 
+def _update_case(rng, extreme=False, retro=True):
+    x, z, pred, ret, context, candidate, label, valid, threshold = _random_accumulate_case(
+        rng, retro=retro, extreme=extreme
+    )
+    c, d = z.shape[1], x.shape[1]
+    arrays = {
+        "weight": rng.integers(-127, 128, (c, d)) if not extreme else np.full((c, d), 127),
+        "bias": rng.integers(-(2**20), 2**20, c) if not extreme else np.full(c, 2**31 - 1),
+        "pred": pred,
+    }
+    if ret is not None:
+        arrays["retro"] = ret
+    bits = K.UPDATE_BITS
+    mult = {
+        "weight": (rng.integers(2 ** (bits - 1), 2**bits, c), rng.integers(20, 50, c)),
+        "bias": (rng.integers(2 ** (bits - 1), 2**bits, c), rng.integers(10, 40, c)),
+        "pred": (np.array([rng.integers(2 ** (bits - 1), 2**bits)]), np.array([36])),
+    }
+    if extreme:  # updates far beyond the range: every array saturates
+        mult = {name: (m0, np.full_like(sh, 1)) for name, (m0, sh) in mult.items()}
+    seeds = {"weight": 10, "bias": 10_000, "pred": 20_000, "retro": 90_000}
+    return arrays, (x, z, context, candidate, label, valid, threshold), mult, seeds
+
+
+def _twin_update_case(twin, layer):
+    """The twin layer's arrays, its workspace and pairs, its multipliers: one real update."""
+    context, candidate, label, valid = twin._pairs(True)
+    data = (layer.x_rows, layer.z, context, candidate, label, valid, layer.threshold)
+    mult = {name: tuple(np.array(v) for v in zip(*pairs, strict=True))
+            for name, pairs in layer.mult.items()}  # fmt: skip
+    seeds = {"weight": 1, "bias": 50_000, "pred": 60_000, "retro": 80_000}
+    return layer.arrays(), data, mult, seeds
+
+
+def reference_update(arrays, data, mult, seeds):
+    x, z, context, candidate, label, valid, threshold = data
+    acc = K.clapp_accumulate(x, z, arrays["pred"], arrays.get("retro"), context, candidate,
+                             label, valid, threshold)  # fmt: skip
+    return K.clapp_update(arrays, acc, mult, seeds), acc["open_gates"]
+
+
+@pytest.mark.parametrize("extreme", [False, True])
+@pytest.mark.parametrize("retro", [True, False])
+def test_fused_c_update_equals_the_reference(c_kernels, extreme, retro):
+    rng = np.random.default_rng(21 + extreme + 2 * retro)
+    for _ in range(4):
+        arrays, data, mult, seeds = _update_case(rng, extreme, retro)
+        want, want_open = reference_update(arrays, data, mult, seeds)
+        got, got_open = c_kernels.clapp_update(arrays, *data, mult, seeds)
+        assert got_open == want_open
+        for name in want:
+            assert_close(got[name], want[name], name=name)
+        if extreme:  # the saturating case saturates
+            assert np.abs(got["weight"]).max() == 127 and np.abs(got["pred"]).max() == 127
+
+
 def test_c_kernels_equal_the_reference_on_a_real_speech_step(c_kernels, qat, speech):
     """Every layer of the twin, one block of held-out speech: forward and accumulators."""
     _, held = speech
@@ -191,6 +247,12 @@ def test_c_kernels_equal_the_reference_on_a_real_speech_step(c_kernels, qat, spe
         assert want_acc["open_gates"] > 0 and np.abs(want_acc["weight"]).max() > 0
         for name in ("weight", "bias", "pred", "retro"):
             assert_close(got_acc[name], want_acc[name], name=name)
+        arrays, data, mult, seeds = _twin_update_case(twin, layer)
+        want, _ = reference_update(arrays, data, mult, seeds)
+        got, _ = c_kernels.clapp_update(arrays, *data, mult, seeds)
+        for name in want:
+            assert_close(got[name], want[name], name=f"fused {name}")
+        assert (want["weight"] != arrays["weight"]).any()
 
 
 # -- the twin against the fake-quant learner ---------------------------------------------
@@ -335,6 +397,15 @@ def test_cortex_m7_results_are_bit_identical_to_the_reference(emulator, qat, spe
     args = (layer.x_rows, layer.z, layer.pred, layer.retro, *pairs, layer.threshold)
     cases.append(qemu.Case("accumulate", args))
     expected.append(K.clapp_accumulate(*args))
+    for extreme, retro in ((False, True), (True, True), (False, False)):
+        arrays, data, mult, seeds = _update_case(rng, extreme, retro)
+        cases.append(qemu.Case("update", (arrays, data, mult, seeds, 127)))
+        want, open_gates = reference_update(arrays, data, mult, seeds)
+        expected.append({**want, "open_gates": open_gates})
+    arrays, data, mult, seeds = _twin_update_case(twin, layer)
+    cases.append(qemu.Case("update", (arrays, data, mult, seeds, 127)))
+    want, open_gates = reference_update(arrays, data, mult, seeds)
+    expected.append({**want, "open_gates": open_gates})
     cases.append(qemu.Case("calibrate", (1_000_000,)))
 
     results = qemu.run_cases(cases)

@@ -159,3 +159,120 @@ int64_t ec_clapp_accumulate(const uint8_t *x_rows, int32_t x_signed, int32_t n_f
     }
     return open;
 }
+
+/* delta = stochastic_round(acc) for one element with counter `counter`. */
+static int64_t round_one(int64_t acc, int32_t m0, int32_t sh, uint64_t counter) {
+    int64_t a = clamp64(acc, -EC_UPDATE_ACC_MAX, EC_UPDATE_ACC_MAX);
+    int32_t pre = sh > 32 ? sh - 32 : 0;
+    int32_t bits = sh - pre;
+    int64_t product = floor_shift(a * (int64_t)m0, pre);
+    uint64_t draw = ec_hash32((uint32_t)counter);
+    int64_t noise = (int64_t)(bits == 32 ? draw : (draw & ((1ULL << bits) - 1)));
+    return floor_shift(product + noise, bits);
+}
+
+int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frames, int32_t d,
+                        const uint8_t *z, int32_t c, int8_t *w, int32_t *bias, int8_t *pred,
+                        int8_t *retro, int32_t k_offsets, int32_t m_pairs,
+                        const int32_t *context, const int32_t *candidate, const int8_t *label,
+                        const uint8_t *valid, const int64_t *threshold, const int32_t *w_m0,
+                        const int32_t *w_sh, const int32_t *b_m0, const int32_t *b_sh,
+                        int32_t p_m0, int32_t p_sh, uint64_t seed_w, uint64_t seed_b,
+                        uint64_t seed_p, uint64_t seed_r, int32_t weight_bound, int64_t *err,
+                        int64_t *row, int8_t *thirds) {
+    int64_t open = 0;
+    size_t cc = (size_t)c * c, km_total = (size_t)k_offsets * m_pairs;
+    int8_t *third_p = thirds, *third_r = thirds + km_total;
+    for (size_t i = 0; i < (size_t)n_frames * c; i++) err[i] = 0;
+
+    /* 1. Scores, gates and the errors of every frame (P and R still as they were). */
+    for (int32_t k = 0; k < k_offsets; k++) {
+        const int8_t *p = pred + (size_t)k * cc;
+        const int8_t *r = retro != NULL ? retro + (size_t)k * cc : NULL;
+        for (int32_t m = 0; m < m_pairs; m++) {
+            size_t km = (size_t)k * m_pairs + m;
+            const uint8_t *ctx = z + (size_t)context[km] * c;
+            const uint8_t *cand = z + (size_t)candidate[km] * c;
+            int64_t y = label[km], v = valid[km];
+            int64_t score = 0;
+            for (int32_t i = 0; i < c; i++) score += (int64_t)cand[i] * mat_row_dot(p, c, i, ctx);
+            int64_t gate = y * score < threshold[k] ? 1 : 0;
+            int64_t t = y * gate * v;
+            third_p[km] = (int8_t)t;
+            open += gate * v;
+            if (t != 0) {
+                int64_t *e = err + (size_t)candidate[km] * c;
+                for (int32_t i = 0; i < c; i++) e[i] += t * mat_row_dot(p, c, i, ctx);
+            }
+            third_r[km] = 0;
+            if (r == NULL) {
+                if (t != 0) {
+                    int64_t *e = err + (size_t)context[km] * c;
+                    for (int32_t i = 0; i < c; i++) e[i] += t * mat_col_dot(p, c, i, cand);
+                }
+                continue;
+            }
+            int64_t score_r = 0;
+            for (int32_t i = 0; i < c; i++) score_r += (int64_t)ctx[i] * mat_row_dot(r, c, i, cand);
+            int64_t gate_r = y * score_r < threshold[k] ? 1 : 0;
+            int64_t tr = y * gate_r * v;
+            third_r[km] = (int8_t)tr;
+            open += gate_r * v;
+            if (tr != 0) {
+                int64_t *e = err + (size_t)context[km] * c;
+                for (int32_t i = 0; i < c; i++) e[i] += tr * mat_row_dot(r, c, i, cand);
+            }
+        }
+    }
+    for (size_t i = 0; i < (size_t)n_frames * c; i++)
+        if (z[i] == 0) err[i] = 0; /* relu' */
+
+    /* 2. Weights and bias, one output channel at a time. */
+    for (int32_t i = 0; i < c; i++) {
+        for (int32_t q = 0; q < d; q++) {
+            int64_t s = 0;
+            for (int32_t n = 0; n < n_frames; n++)
+                s += err[(size_t)n * c + i] * code(x_rows + (size_t)n * d + q, x_signed);
+            row[q] = s;
+        }
+        for (int32_t q = 0; q < d; q++) {
+            size_t at = (size_t)i * d + q;
+            int64_t nw = w[at] + round_one(row[q], w_m0[i], w_sh[i], seed_w + at);
+            w[at] = (int8_t)clamp64(nw, -weight_bound, weight_bound);
+        }
+    }
+    for (int32_t i = 0; i < c; i++) {
+        int64_t s = 0;
+        for (int32_t n = 0; n < n_frames; n++) s += err[(size_t)n * c + i];
+        int64_t nb = bias[i] + round_one(s, b_m0[i], b_sh[i], seed_b + (uint64_t)i);
+        bias[i] = (int32_t)clamp64(nb, -2147483647LL - 1, 2147483647LL);
+    }
+
+    /* 3. Prediction and retrodiction matrices, one row at a time. */
+    for (int32_t which = 0; which < (retro != NULL ? 2 : 1); which++) {
+        int8_t *mat = which == 0 ? pred : retro;
+        const int8_t *third = which == 0 ? third_p : third_r;
+        uint64_t seed = which == 0 ? seed_p : seed_r;
+        for (int32_t k = 0; k < k_offsets; k++) {
+            for (int32_t i = 0; i < c; i++) {
+                for (int32_t j = 0; j < c; j++) row[j] = 0;
+                for (int32_t m = 0; m < m_pairs; m++) {
+                    size_t km = (size_t)k * m_pairs + m;
+                    int64_t t = third[km];
+                    if (t == 0) continue;
+                    const uint8_t *ctx = z + (size_t)context[km] * c;
+                    const uint8_t *cand = z + (size_t)candidate[km] * c;
+                    /* P: candidate x context; R: context x candidate. */
+                    const uint8_t *a = which == 0 ? cand : ctx, *b = which == 0 ? ctx : cand;
+                    for (int32_t j = 0; j < c; j++) row[j] += t * a[i] * b[j];
+                }
+                for (int32_t j = 0; j < c; j++) {
+                    size_t at = (size_t)k * cc + (size_t)i * c + j;
+                    int64_t nv = mat[at] + round_one(row[j], p_m0, p_sh, seed + at);
+                    mat[at] = (int8_t)clamp64(nv, -127, 127);
+                }
+            }
+        }
+    }
+    return open;
+}

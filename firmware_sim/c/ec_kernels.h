@@ -40,4 +40,21 @@ int64_t ec_clapp_accumulate(const uint8_t *x_rows, int32_t x_signed, int32_t n_f
                             const int64_t *threshold, int64_t *acc_w, int64_t *acc_b,
                             int64_t *acc_p, int64_t *acc_r, int64_t *err);
 
+/* One whole CLAPP update of a layer in place, fused so that no full-size accumulator is
+ * held: the pair errors (err, n_frames * c int64), then row by row the weight, bias,
+ * prediction and retrodiction accumulators (row: max(d, c) int64), each stochastically
+ * rounded (weight row r: w_m0[r], w_sh[r], counters seed_w + element; bias likewise;
+ * P and R: p_m0, p_sh) and added with saturation (weights to +-weight_bound, P and R to
+ * +-127, bias to int32). thirds: 2 * k * m int8 scratch. Equals clapp_accumulate then
+ * clapp_update in kernels.py. Returns the number of open gates. */
+int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frames, int32_t d,
+                        const uint8_t *z, int32_t c, int8_t *w, int32_t *bias, int8_t *pred,
+                        int8_t *retro, int32_t k_offsets, int32_t m_pairs,
+                        const int32_t *context, const int32_t *candidate, const int8_t *label,
+                        const uint8_t *valid, const int64_t *threshold, const int32_t *w_m0,
+                        const int32_t *w_sh, const int32_t *b_m0, const int32_t *b_sh,
+                        int32_t p_m0, int32_t p_sh, uint64_t seed_w, uint64_t seed_b,
+                        uint64_t seed_p, uint64_t seed_r, int32_t weight_bound, int64_t *err,
+                        int64_t *row, int8_t *thirds);
+
 #endif

@@ -4,7 +4,8 @@
  *   harness IN OUT (paths fixed at build time: vectors.bin, results.bin in QEMU's folder)
  *
  * Record format (little-endian), repeated until kind 0:
- *   u32 kind: 1 conv_forward, 2 clapp_accumulate, 3 stochastic_round, 4 calibration
+ *   u32 kind: 1 conv_forward, 2 clapp_accumulate, 3 stochastic_round, 4 calibration,
+ *             5 clapp_update (fused, in place)
  *   then the sizes and arrays in the order firmware_sim/qemu.py writes them.
  * Output per record: the result arrays, then u64 ticks.
  */
@@ -131,6 +132,47 @@ static void round_update(void) {
     free(acc), free(m0), free(sh), free(delta);
 }
 
+static uint64_t take_u64(void) {
+    uint64_t v;
+    if (fread(&v, 8, 1, in) != 1) fail("vector file ends early");
+    return v;
+}
+
+static void update(void) {
+    int32_t n = take_i32(), d = take_i32(), c = take_i32(), k = take_i32(), m = take_i32();
+    int32_t x_signed = take_i32(), has_retro = take_i32(), bound = take_i32();
+    uint8_t *x = take((size_t)n * d), *z = take((size_t)n * c);
+    int8_t *w = take((size_t)c * d);
+    int32_t *bias = take(4u * c);
+    int8_t *pred = take((size_t)k * c * c);
+    int8_t *retro = has_retro ? take((size_t)k * c * c) : NULL;
+    int32_t *ctx = take(4u * k * m), *cand = take(4u * k * m);
+    int8_t *label = take((size_t)k * m);
+    uint8_t *valid = take((size_t)k * m);
+    int64_t *thr = take(8u * k);
+    int32_t *w_m0 = take(4u * c), *w_sh = take(4u * c), *b_m0 = take(4u * c);
+    int32_t *b_sh = take(4u * c);
+    int32_t p_m0 = take_i32(), p_sh = take_i32();
+    uint64_t seed_w = take_u64(), seed_b = take_u64(), seed_p = take_u64(), seed_r = take_u64();
+    int64_t *err = malloc(8u * n * c), *row = malloc(8u * (d > c ? d : c));
+    int8_t *thirds = malloc(2u * k * m);
+    if (!err || !row || !thirds) fail("out of memory");
+    uint64_t start = now();
+    int64_t open = ec_clapp_update(x, x_signed, n, d, z, c, w, bias, pred, retro, k, m, ctx,
+                                   cand, label, valid, thr, w_m0, w_sh, b_m0, b_sh, p_m0, p_sh,
+                                   seed_w, seed_b, seed_p, seed_r, bound, err, row, thirds);
+    uint64_t t = now() - start;
+    give(w, (size_t)c * d);
+    give(bias, 4u * c);
+    give(pred, (size_t)k * c * c);
+    if (has_retro) give(retro, (size_t)k * c * c);
+    give(&open, 8);
+    give(&t, 8);
+    free(x), free(z), free(w), free(bias), free(pred), free(retro), free(ctx), free(cand);
+    free(label), free(valid), free(thr), free(w_m0), free(w_sh), free(b_m0), free(b_sh);
+    free(err), free(row), free(thirds);
+}
+
 int main(void) {
     in = fopen("vectors.bin", "rb");
     out = fopen("results.bin", "wb");
@@ -145,6 +187,7 @@ int main(void) {
         else if (kind == 2) accumulate();
         else if (kind == 3) round_update();
         else if (kind == 4) calibration();
+        else if (kind == 5) update();
         else fail("unknown record kind");
     }
     fclose(out);
