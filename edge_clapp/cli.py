@@ -100,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 QDQ graph on the run's quantisation grid (a run learned with --quant)",
     )
 
+    simulate = sub.add_parser(
+        "simulate",
+        help="device budget of a quantisation-aware run: memory plan, cycles, real-time margin",
+    )
+    simulate.add_argument("checkpoint", metavar="RUN", help="a run folder or its checkpoint/")
+    simulate.add_argument(
+        "--board", required=True, help="stm32f746, stm32h743 or nrf52840 (case-insensitive)"
+    )
+    simulate.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    simulate.add_argument("--png", metavar="FILE", help="write a chart of the memory layout")
+    simulate.add_argument(
+        "--measure",
+        action="store_true",
+        help="count the C kernels' instructions under QEMU (needs a --quant mcu-kind run)",
+    )
+
     demo = sub.add_parser(
         "demo", help="learn from klettres-data speech and probe the language of held-out files"
     )
@@ -329,6 +345,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from edge_clapp.checkpoint import load_checkpoint
+    from edge_clapp.firmware_sim import budget
+    from edge_clapp.firmware_sim.simulate import format_report, simulate, write_json, write_png
+
+    learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
+    report = simulate(learner, args.board, measure_kernels=args.measure)
+    print(format_report(report))
+    for path, write in ((args.json, write_json), (args.png, write_png)):
+        if path:
+            try:
+                write(report, Path(path))
+            except OSError as exc:
+                raise EdgeClappError(f"cannot write '{path}' ({exc.strerror})") from None
+            print(f"wrote {path}")
+    board = budget.BOARDS[args.board.lower()]
+    budget.check_fits(
+        [budget.Buffer(**b) for b in report["buffers"]], board
+    )  # refuses with what is missing
+    margin = report["cycles"]["realtime_margin"]
+    print(
+        f"fits {board.name}: {report['memory']['sram_bytes']:,} B SRAM, "
+        f"{report['memory']['flash_bytes']:,} B flash; real-time margin {margin:.1f}x "
+        "(cycle model)"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge_clapp.demo import run_demo
     from edge_clapp.progress import print_demo, print_metrics
@@ -351,6 +395,7 @@ COMMANDS = {
     "learn": _cmd_learn,
     "devices": _cmd_devices,
     "export": _cmd_export,
+    "simulate": _cmd_simulate,
     "demo": _cmd_demo,
 }
 

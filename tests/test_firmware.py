@@ -10,14 +10,16 @@ float update on the same pairs, for >= 99 % of the weights.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from edge_clapp.config import resolve_config
 from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
+from edge_clapp.firmware_sim import budget, qemu
 from edge_clapp.firmware_sim import kernels as K
-from edge_clapp.firmware_sim import qemu
 from edge_clapp.firmware_sim.ckernels import CKernels, compiler
 from edge_clapp.firmware_sim.twin import IntegerLearner, TwinError
 from edge_clapp.learner import OnlineLearner
@@ -426,3 +428,56 @@ def test_cortex_m7_results_are_bit_identical_to_the_reference(emulator, qat, spe
 def test_kernel_object_size_is_reported(emulator):
     size = qemu.kernel_size()
     assert 0 < size["text"] < 64 * 1024 and size["ram"] < 1024
+
+
+# -- the device budget --------------------------------------------------------------------
+
+
+def test_memory_plan_matches_the_twin_buffers(qat):
+    """Every planned learner buffer has the size of the twin's (and the C kernels')."""
+    twin = IntegerLearner(qat)
+    plan = budget.plan_memory(qat.config, code_bytes=1000)
+    sram = {(b.name, b.layer): b.bytes for b in plan if b.region == "sram"}
+    for i, layer in enumerate(twin.layers, start=1):
+        assert sram["weights (int8)", i] == layer.weight.size
+        assert sram["bias (int32)", i] == 4 * layer.bias.size
+        assert sram["prediction matrices (int8)", i] == layer.pred.size + layer.retro.size
+        assert sram["input with carry (codes)", i] == layer.input.size
+        assert sram["patch workspace (codes)", i] == layer.x_rows.size
+        assert sram["output workspace (codes)", i] == layer.z.size
+    widest = max(layer.z.size for layer in twin.layers)
+    assert sram["frame errors (int64, shared)", None] == 8 * widest
+    assert sram["replay pool (front-end codes)", None] == twin.pool.size + 8 * len(twin.pool)
+
+
+def test_simulate_reports_fits_and_refuses(qat, tmp_path, capsys):
+    from edge_clapp.checkpoint import save_checkpoint
+    from edge_clapp.cli import main
+
+    save_checkpoint(qat, tmp_path / "mcu" / "checkpoint")
+    report, chart = tmp_path / "f746.json", tmp_path / "f746.png"
+    argv = ["simulate", str(tmp_path / "mcu"), "--board", "STM32F746"]
+    assert main([*argv, "--json", str(report), "--png", str(chart)]) == 0
+    out = capsys.readouterr().out
+    assert "fits STM32F746" in out and "real-time margin" in out
+    data = json.loads(report.read_text())
+    assert data["memory"]["sram_bytes"] <= 141 * 1024  # the tiny-training footprint
+    assert data["cycles"]["realtime_margin"] >= 2
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The raw preset is a desktop learner: refused, with what is missing.
+    raw = OnlineLearner(resolve_config("raw"))
+    save_checkpoint(raw, tmp_path / "raw" / "checkpoint")
+    assert main(["simulate", str(tmp_path / "raw"), "--board", "nrf52840"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit nRF52840" in err and "missing" in err and "largest buffer" in err
+    assert main([*argv[:2], "--board", "esp32"]) == 2
+    assert "unknown board 'esp32'" in capsys.readouterr().err
+
+
+def test_simulate_measures_the_kernels_under_qemu(emulator, qat):
+    from edge_clapp.firmware_sim.simulate import simulate
+
+    report = simulate(qat, "stm32h743", measure_kernels=True)
+    kernels = report["measured"]["kernels"]
+    assert [k["kernel"] for k in kernels] == ["forward", "update"] * 3
+    assert all(k["instructions_per_hop"] > 1000 for k in kernels)
