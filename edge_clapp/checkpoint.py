@@ -214,6 +214,12 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
     )
     if not weights_ok:
         raise CheckpointError(f"{str(state_path)!r} holds non-finite values")
+    for name, t in expected.items():
+        if name.endswith("_range") and float(t) < 0:
+            raise CheckpointError(
+                f"{str(state_path)!r}: {name} = {float(t)!r} is negative (an activation "
+                "range is a magnitude)"
+            )
     return learner, extra
 
 

@@ -180,10 +180,10 @@ class RuleConfig:
                 f"rule.score_scale = {self.score_scale!r} must be a list of numbers, one per "
                 "layer (or empty for 1.0 everywhere)"
             )
-        for value in self.score_scale:
-            _positive(value, "rule.score_scale[]", integer=False)
+        for i, value in enumerate(self.score_scale):
+            _positive(value, f"rule.score_scale[{i}]", integer=False)
             if not 1e-6 <= value <= 1e6:
-                raise ConfigError(f"rule.score_scale[] = {value!r} is outside 1e-6..1e6")
+                raise ConfigError(f"rule.score_scale[{i}] = {value!r} is outside 1e-6..1e6")
         self.schedule = _enum(Schedule, self.schedule, "rule.schedule")
         _positive(self.offsets, "rule.offsets")
         _positive(self.num_negatives, "rule.num_negatives")
@@ -243,8 +243,12 @@ class QuantConfig:
         _positive(self.warmup_blocks, "quant.warmup_blocks", allow_zero=True)
         self.observer = _enum(Observer, self.observer, "quant.observer")
         _positive(self.percentile, "quant.percentile", integer=False)
-        if not 50 <= self.percentile <= 100:
-            raise ConfigError(f"quant.percentile = {self.percentile!r} must be in 50..100")
+        if not 90 <= self.percentile <= 100:
+            raise ConfigError(
+                f"quant.percentile = {self.percentile!r} must be in 90..100 (a lower one "
+                "clips more than a tenth of the activations; below the median of a relu "
+                "output the range is 0)"
+            )
         _positive(self.momentum, "quant.momentum", integer=False, allow_zero=True)
         if not self.momentum < 1:
             raise ConfigError(f"quant.momentum = {self.momentum!r} must be in [0, 1)")

@@ -110,12 +110,15 @@ class ClappLayer:
             "z_rows": self.z_rows,
         }
         if self.quant is not None:
-            out |= {
-                "weight_q": self.weight_q,
-                "bias_q": self.bias_q,
-                "out_range": self.out_observer.range,
-            }
+            out["out_range"] = self.out_observer.range
         return out
+
+    def derived(self) -> dict[str, torch.Tensor]:
+        """Buffers recomputed from the state before every block (the grid's weights):
+        counted in the learner's memory, not saved in checkpoints."""
+        if self.quant is None:
+            return {}
+        return {"weight_q": self.weight_q, "bias_q": self.bias_q}
 
     # -- quantisation -------------------------------------------------------------------
 
@@ -137,6 +140,10 @@ class ClappLayer:
         bias_scale = input_scale * scales[:, 0]
         torch.div(self.bias, bias_scale, out=bias_q)
         bias_q.round_().clamp_(*BIAS).mul_(bias_scale)
+        # Weights grown past float32's range (a runaway learning rate) make inf x 0: keep
+        # the grid finite; the learner already counts and contains the overflow.
+        weight_q.nan_to_num_(nan=0.0)
+        bias_q.nan_to_num_(nan=0.0)
         return weight_q, bias_q
 
     @property
@@ -171,12 +178,13 @@ class ClappLayer:
                 fake_quant_(z, self.out_scale, UINT8)
         return z
 
-    def forward_block(self, x: torch.Tensor) -> torch.Tensor:
-        """Current block (F*g*stride, C_in) -> relu outputs (F*g, C), a view of z_rows."""
+    def forward_block(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        """Current block (F*g*stride, C_in) -> relu outputs (F*g, C), a view of z_rows.
+        ``observe``: update the output's range observer (off for silent blocks)."""
         self.input[self.carry_rows :].copy_(x)
         rows = self.frame_rows(self.offsets, self.block_frames)
         self._patches(self.input, self.x_rows[rows])
-        return self._forward_rows(rows, observe=True)
+        return self._forward_rows(rows, observe=observe)
 
     def forward_negative(self, x: torch.Tensor) -> torch.Tensor:
         """Replayed block, zero carry -> relu outputs (F*g, C), a view of z_rows."""

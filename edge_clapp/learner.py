@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # Samples at or beyond this magnitude count as saturated (a clipped recording).
 SATURATION_LEVEL = 0.999
+# A block whose samples all stay below this is silent: counted, and under quantisation
+# not observed (digital silence would shrink every activation range towards zero).
+SILENCE_LEVEL = 1e-4
 
 
 @dataclass
@@ -120,6 +123,7 @@ class OnlineLearner:
         self.next_segment = 0
         self.pending_boundary = True  # the first block starts a segment
         self.counters = Counters()
+        self.block_silent = False
         self.meters = [LayerMeter() for _ in self.layers]
         self.interval = [LayerMeter() for _ in self.layers]
 
@@ -144,8 +148,10 @@ class OnlineLearner:
 
     @property
     def state_bytes(self) -> int:
-        """Bytes of all state the learner holds (parameters, rings, pool, scratch)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+        """Bytes of all state the learner holds (parameters, rings, pool, scratch, and
+        under quantisation the grid's weights, which checkpoints do not store)."""
+        derived = [t for layer in self.layers for t in layer.derived().values()]
+        return sum(t.numel() * t.element_size() for t in [*self.tensors().values(), *derived])
 
     def parameter_count(self) -> dict[str, int]:
         forward = sum(layer.weight.numel() + layer.bias.numel() for layer in self.layers)
@@ -219,7 +225,8 @@ class OnlineLearner:
         if out_of_range:
             c.out_of_range_samples += out_of_range
             self.block.clamp_(-1.0, 1.0)
-        if float(magnitude.max()) < 1e-4:
+        self.block_silent = float(magnitude.max()) < SILENCE_LEVEL
+        if self.block_silent:
             c.silent_blocks += 1
         return True
 
@@ -304,17 +311,18 @@ class OnlineLearner:
         x = self.frontend.stream(self.block)
         x_neg = self.frontend.fresh(negative) if negative is not None else None
         quantized = self._set_quant(self.quant_active)
-        if self.config.quant.enabled:
+        observe = self.config.quant.enabled and not self.block_silent
+        if observe:
             self.input_observer.observe(x)
-            if quantized:
-                scale, bounds = self.input_observer.scale, self.input_observer.bounds
-                x = fake_quant(x, scale, bounds)
-                x_neg = fake_quant(x_neg, scale, bounds) if x_neg is not None else None
+        if quantized:
+            scale, bounds = self.input_observer.scale, self.input_observer.bounds
+            x = fake_quant(x, scale, bounds)
+            x_neg = fake_quant(x_neg, scale, bounds) if x_neg is not None else None
         lr = self.config.rule.lr
         for i, layer in enumerate(self.layers):
             if quantized:
                 layer.quantize_parameters(self.input_scales()[i])
-            z = layer.forward_block(x)
+            z = layer.forward_block(x, observe=observe)
             z_neg = layer.forward_negative(x_neg) if x_neg is not None else None
             self._contain_overflow(layer)
             update = clapp_step(
@@ -352,7 +360,7 @@ class OnlineLearner:
         _warn_sparingly(
             self.counters.activations_overflowed,
             "activations overflowed in %d layer step(s) so far and were zeroed: the "
-            "weights have grown too large; lower --lr",
+            "weights have grown too large; lower --lr (or rule.score_scale)",
         )
 
     def _apply(self, layer: ClappLayer, update: RuleStep, lr: float) -> None:
@@ -374,7 +382,8 @@ class OnlineLearner:
         _warn_sparingly(
             self.counters.updates_rejected_nonfinite,
             "%d non-finite layer update(s) rejected so far (weights left unchanged by "
-            "them): the learning rate is probably too high for this input; lower --lr",
+            "them): the learning rate is probably too high for this input; lower --lr (or "
+            "rule.score_scale)",
         )
 
     def take_interval(self) -> list[dict[str, float]]:

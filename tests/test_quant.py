@@ -224,3 +224,58 @@ def test_quant_and_score_scale_round_trip_through_toml(tmp_path):
     again = resolve_config(None, path)
     assert again == config
     assert Config.from_dict(config.to_dict()) == config
+
+
+def test_runaway_learning_rate_under_quantisation_keeps_checkpoints_loadable(speech, tmp_path):
+    train_audio, _ = speech
+    config = resolve_config("tiny", overrides={"rule": {"lr": 1e30}, **QUANT})
+    learner = OnlineLearner(config)
+    for samples, starts in stream_blocks(train_audio, config.block_samples, seconds=15):
+        learner.step(samples, starts)
+    assert all_finite(learner)
+    save_checkpoint(learner, tmp_path / "ckpt")
+    resumed, _ = load_checkpoint(tmp_path / "ckpt")  # no NaN grid weights in the state
+    assert resumed.counters == learner.counters
+
+
+def test_silent_blocks_leave_the_activation_ranges_alone(speech):
+    train_audio, _ = speech
+    learner = OnlineLearner(resolve_config("tiny", overrides={"seed": 2, **QUANT}))
+    n = learner.config.block_samples
+    for samples, starts in stream_blocks(train_audio, n, seconds=8):
+        learner.step(samples, starts)
+    ranges = [float(learner.input_observer.range)] + [
+        float(layer.out_observer.range) for layer in learner.layers
+    ]
+    for _ in range(30):  # digital silence, then near silence
+        learner.step(np.zeros(n, np.float32))
+        learner.step(np.full(n, 1e-5, np.float32))
+    after = [float(learner.input_observer.range)] + [
+        float(layer.out_observer.range) for layer in learner.layers
+    ]
+    assert after == ranges
+    assert learner.counters.silent_blocks == 60
+
+
+def test_negative_activation_range_in_a_checkpoint_is_refused(speech, tmp_path):
+    import json
+
+    import safetensors.torch
+
+    from edge_clapp import checkpoint as ckpt
+    from edge_clapp.errors import CheckpointError
+
+    train_audio, _ = speech
+    learner = OnlineLearner(resolve_config("tiny", overrides=QUANT))
+    for samples, starts in stream_blocks(train_audio, learner.config.block_samples, 3):
+        learner.step(samples, starts)
+    folder = save_checkpoint(learner, tmp_path / "c")
+    meta = json.loads((folder / "meta.json").read_text())
+    state = folder / meta["state_file"]
+    tensors = safetensors.torch.load_file(str(state))
+    tensors["layers.1.out_range"] = torch.tensor(-5.0)
+    safetensors.torch.save_file(tensors, str(state))
+    meta["sha256"] = ckpt._sha256(state)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="layers.1.out_range = -5.0 is negative"):
+        load_checkpoint(folder)
