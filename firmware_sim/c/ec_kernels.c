@@ -36,23 +36,32 @@ uint32_t ec_hash32(uint32_t x) {
     return x;
 }
 
+/* One variant per input code type: the sign test stays out of the inner loop, and the
+ * loops run over the kernel taps, then the contiguous input channels of one position. */
+#define EC_CONV_BODY(T)                                                                     \
+    for (int32_t t = 0; t < t_out; t++) {                                                   \
+        for (int32_t co = 0; co < c_out; co++) {                                            \
+            int64_t acc = bias[co];                                                         \
+            const int8_t *wr = w + (size_t)co * d;                                          \
+            for (int32_t j = 0; j < kernel; j++) {                                          \
+                const T *xr = (const T *)x + (size_t)(t * stride + j) * c_in;               \
+                const int8_t *wj = wr + j;                                                  \
+                for (int32_t ci = 0; ci < c_in; ci++)                                       \
+                    acc += (int32_t)xr[ci] * (int32_t)wj[ci * kernel];                      \
+            }                                                                               \
+            out[(size_t)t * c_out + co] = (uint8_t)ec_requantize(acc, m0[co], sh[co], 0, 255); \
+        }                                                                                   \
+    }
+
 int32_t ec_conv_forward(const uint8_t *x, int32_t x_signed, int32_t t_in, int32_t c_in,
                         const int8_t *w, const int32_t *bias, int32_t c_out, int32_t kernel,
                         int32_t stride, const int32_t *m0, const int32_t *sh, uint8_t *out) {
     int32_t t_out = (t_in - kernel) / stride + 1;
     int32_t d = c_in * kernel;
-    for (int32_t t = 0; t < t_out; t++) {
-        for (int32_t co = 0; co < c_out; co++) {
-            int64_t acc = bias[co];
-            const int8_t *wr = w + (size_t)co * d;
-            for (int32_t ci = 0; ci < c_in; ci++) {
-                for (int32_t j = 0; j < kernel; j++) {
-                    int64_t xv = code(x + (size_t)(t * stride + j) * c_in + ci, x_signed);
-                    acc += xv * wr[ci * kernel + j];
-                }
-            }
-            out[(size_t)t * c_out + co] = (uint8_t)ec_requantize(acc, m0[co], sh[co], 0, 255);
-        }
+    if (x_signed) {
+        EC_CONV_BODY(int8_t)
+    } else {
+        EC_CONV_BODY(uint8_t)
     }
     return t_out;
 }
@@ -185,7 +194,8 @@ int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frame
     int8_t *third_p = thirds, *third_r = thirds + km_total;
     for (size_t i = 0; i < (size_t)n_frames * c; i++) err[i] = 0;
 
-    /* 1. Scores, gates and the errors of every frame (P and R still as they were). */
+    /* 1. Scores, gates and the errors of every frame (P and R still as they were);
+     * `row` holds one pair's dendrite (P_k c or R_k z') meanwhile. */
     for (int32_t k = 0; k < k_offsets; k++) {
         const int8_t *p = pred + (size_t)k * cc;
         const int8_t *r = retro != NULL ? retro + (size_t)k * cc : NULL;
@@ -195,14 +205,17 @@ int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frame
             const uint8_t *cand = z + (size_t)candidate[km] * c;
             int64_t y = label[km], v = valid[km];
             int64_t score = 0;
-            for (int32_t i = 0; i < c; i++) score += (int64_t)cand[i] * mat_row_dot(p, c, i, ctx);
+            for (int32_t i = 0; i < c; i++) {
+                row[i] = mat_row_dot(p, c, i, ctx);
+                score += (int64_t)cand[i] * row[i];
+            }
             int64_t gate = y * score < threshold[k] ? 1 : 0;
             int64_t t = y * gate * v;
             third_p[km] = (int8_t)t;
             open += gate * v;
             if (t != 0) {
                 int64_t *e = err + (size_t)candidate[km] * c;
-                for (int32_t i = 0; i < c; i++) e[i] += t * mat_row_dot(p, c, i, ctx);
+                for (int32_t i = 0; i < c; i++) e[i] += t * row[i];
             }
             third_r[km] = 0;
             if (r == NULL) {
@@ -213,27 +226,35 @@ int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frame
                 continue;
             }
             int64_t score_r = 0;
-            for (int32_t i = 0; i < c; i++) score_r += (int64_t)ctx[i] * mat_row_dot(r, c, i, cand);
+            for (int32_t i = 0; i < c; i++) {
+                row[i] = mat_row_dot(r, c, i, cand);
+                score_r += (int64_t)ctx[i] * row[i];
+            }
             int64_t gate_r = y * score_r < threshold[k] ? 1 : 0;
             int64_t tr = y * gate_r * v;
             third_r[km] = (int8_t)tr;
             open += gate_r * v;
             if (tr != 0) {
                 int64_t *e = err + (size_t)context[km] * c;
-                for (int32_t i = 0; i < c; i++) e[i] += tr * mat_row_dot(r, c, i, cand);
+                for (int32_t i = 0; i < c; i++) e[i] += tr * row[i];
             }
         }
     }
     for (size_t i = 0; i < (size_t)n_frames * c; i++)
         if (z[i] == 0) err[i] = 0; /* relu' */
 
-    /* 2. Weights and bias, one output channel at a time. */
+    /* 2. Weights and bias, one output channel at a time: row[q] = sum_n err[n, i] x[n, q]. */
     for (int32_t i = 0; i < c; i++) {
-        for (int32_t q = 0; q < d; q++) {
-            int64_t s = 0;
-            for (int32_t n = 0; n < n_frames; n++)
-                s += err[(size_t)n * c + i] * code(x_rows + (size_t)n * d + q, x_signed);
-            row[q] = s;
+        for (int32_t q = 0; q < d; q++) row[q] = 0;
+        for (int32_t n = 0; n < n_frames; n++) {
+            int64_t e = err[(size_t)n * c + i];
+            if (e == 0) continue;
+            const uint8_t *xr = x_rows + (size_t)n * d;
+            if (x_signed) {
+                for (int32_t q = 0; q < d; q++) row[q] += e * (int8_t)xr[q];
+            } else {
+                for (int32_t q = 0; q < d; q++) row[q] += e * xr[q];
+            }
         }
         for (int32_t q = 0; q < d; q++) {
             size_t at = (size_t)i * d + q;
