@@ -1,5 +1,6 @@
-"""Per-block inference latency: the ONNX graphs (float and int8) in onnxruntime against
-torch eager, and the model sizes.
+"""Per-block inference latency of the ONNX graphs (float, int8) against torch eager.
+
+Also the model sizes.
 
     .venv/bin/python benchmarks/onnx_latency.py [--preset raw] [--repeats 1000]
 
@@ -23,7 +24,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from edge_clapp.config import resolve_config
+from edge_clapp.config import PRESETS, resolve_config
 from edge_clapp.corpus import klettres_recordings, read_mono
 from edge_clapp.export.model import build_model, frames_for, zero_carries
 from edge_clapp.learner import OnlineLearner
@@ -31,7 +32,7 @@ from edge_clapp.learner import OnlineLearner
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="raw")
+    parser.add_argument("--preset", default="raw", choices=sorted(PRESETS))
     parser.add_argument("--repeats", type=int, default=1000)
     args = parser.parse_args()
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import edge_clapp.learner as learner_module
-from edge_clapp.config import resolve_config
+from edge_clapp.config import PRESETS, resolve_config
 from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.rule import RuleStep, clapp_step, pool_frames
@@ -95,7 +95,7 @@ def make_blocks(block_samples: int, seconds: float) -> list[tuple[np.ndarray, li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="raw")
+    parser.add_argument("--preset", default="raw", choices=sorted(PRESETS))
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -35,6 +35,12 @@ def main() -> None:
     parser.add_argument("--calibrate-seconds", type=float, default=40.0)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument(
+        "--shadow-bits",
+        type=int,
+        default=0,
+        help="integer bits kept below each weight / P / R code (0: int8 alone; 8: int16)",
+    )
     args = parser.parse_args()
 
     overrides = {"seed": args.seed, "quant": {"enabled": True}}
@@ -54,7 +60,7 @@ def main() -> None:
         ]
 
     start = probe(learner, "start")
-    twin = IntegerLearner(learner, seed=args.seed)
+    twin = IntegerLearner(learner, seed=args.seed, shadow_bits=args.shadow_bits)
     timing = {"float": 0.0, "twin": 0.0}
     for b in range(calibrate, calibrate + blocks):
         block = stream[b * n : (b + 1) * n]
@@ -66,6 +72,7 @@ def main() -> None:
         timing["twin"] += time.perf_counter() - t
     result = {
         "seed": args.seed,
+        "shadow_bits": args.shadow_bits,
         "calibrate_seconds": calibrate * n / 16000,
         "seconds": blocks * n / 16000,
         "start": start,
@@ -77,7 +84,8 @@ def main() -> None:
     print(
         f"mcu, seed {args.seed}: float (quantisation-aware) "
         f"{result['calibrate_seconds']:.0f} s, then {result['seconds']:.0f} s float vs "
-        "integer twin; language probe, 453 held-out recordings"
+        f"integer twin (shadow bits {args.shadow_bits}); language probe, 453 held-out "
+        "recordings"
     )
     print(f"{'layer':>5} {'start':>7} {'float':>7} {'twin':>7} {'twin-float':>11}")
     columns = zip(result["start"], result["float"], result["twin"], strict=True)

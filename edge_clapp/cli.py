@@ -338,7 +338,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"wrote {path} ({path.stat().st_size:,} bytes, {kind}, opset "
         f"{model.opset_import[0].version}, "
-        f"{sum(o.name.startswith('frames_') for o in model.graph.output)} layer outputs); "
+        f"layers 1..{sum(o.name.startswith('frames_') for o in model.graph.output)}); "
         f"onnxruntime vs torch on {figures['seconds']:.0f} s of test signal: frames max abs "
         f"error {figures['max_abs_error']:.2e}{codes}"
     )
@@ -350,6 +350,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from edge_clapp.firmware_sim import budget
     from edge_clapp.firmware_sim.simulate import format_report, simulate, write_json, write_png
 
+    for path in (args.json, args.png):
+        if path and not Path(path).parent.is_dir():
+            raise EdgeClappError(f"cannot write '{path}': its folder does not exist")
     learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
     report = simulate(learner, args.board, measure_kernels=args.measure)
     print(format_report(report))
@@ -365,10 +368,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         [budget.Buffer(**b) for b in report["buffers"]], board
     )  # refuses with what is missing
     margin = report["cycles"]["realtime_margin"]
+    timing = (
+        f"real time by the cycle model with a {margin:.1f}x margin"
+        if margin >= 1
+        else f"NOT real time by the cycle model ({margin:.2f}x of the time available)"
+    )
     print(
-        f"fits {board.name}: {report['memory']['sram_bytes']:,} B SRAM, "
-        f"{report['memory']['flash_bytes']:,} B flash; real-time margin {margin:.1f}x "
-        "(cycle model)"
+        f"fits {board.name} in memory ({report['memory']['sram_bytes']:,} B SRAM, "
+        f"{report['memory']['flash_bytes']:,} B flash); {timing}"
     )
     return 0
 

@@ -158,8 +158,8 @@ class Work:
 
     kernel: str
     layer: int | None
-    macs: int
-    elements: int
+    macs_per_block: int
+    elements_per_block: int
 
 
 def count_work(config: Config) -> list[Work]:
@@ -195,7 +195,7 @@ def cycle_model(config: Config, board: Board) -> dict[str, object]:
     F = config.stream.block_frames
     rows = []
     for work in count_work(config):
-        cycles = (work.macs * per_mac + work.elements * per_element) / F
+        cycles = (work.macs_per_block * per_mac + work.elements_per_block * per_element) / F
         rows.append({**asdict(work), "cycles_per_hop": cycles})
     total = sum(r["cycles_per_hop"] for r in rows)
     budget = board.clock_hz * config.frame_seconds

@@ -171,17 +171,18 @@ def clapp_update(
     mult: dict[str, tuple[np.ndarray, np.ndarray]],
     seeds: dict[str, int],
     weight_bound: int = 127,
+    pred_bound: int = 127,
 ) -> dict[str, np.ndarray]:
     """Applies a layer's accumulators: each stochastically rounded with its multipliers
     (weight and bias: one per output channel, row r of the weight; pred / retro: one) and
     its own counter range, then added with saturation (weights and P / R codes to
-    +-weight_bound and +-127, bias to int32). Returns the new arrays."""
+    +-weight_bound and +-pred_bound, bias to int32). Returns the new arrays."""
     out = {}
     for name, bound in (
         ("weight", weight_bound),
         ("bias", None),
-        ("pred", 127),
-        ("retro", 127),
+        ("pred", pred_bound),
+        ("retro", pred_bound),
     ):
         if arrays.get(name) is None:
             continue

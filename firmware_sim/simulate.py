@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_clapp import __version__
 from edge_clapp.firmware_sim import budget, qemu
+from edge_clapp.firmware_sim.twin import check_geometry
 from edge_clapp.learner import OnlineLearner
 
 
@@ -55,20 +57,35 @@ def simulate(learner: OnlineLearner, board_name: str, measure_kernels: bool = Fa
             f"unknown board {board_name!r}; known: {', '.join(sorted(budget.BOARDS))}"
         )
     board = budget.BOARDS[key]
+    check_geometry(learner.config)
     code = qemu.kernel_size()["flash"] if qemu.toolchain_missing() is None else None
     buffers = budget.plan_memory(learner.config, code)
     report = {
+        "edge_clapp_version": __version__,
         "board": board.__dict__,
         "preset": learner.config.preset,
+        "blocks_learned": learner.counters.blocks_learned,
         "memory": budget.summarize(buffers, board),
         "buffers": [b.__dict__ for b in buffers],
         "cycles": budget.cycle_model(learner.config, board),
     }
+    sram = report["memory"]["sram_bytes"]
+    flash = report["memory"]["flash_bytes"]
+    report["verdict"] = {
+        "fits_memory": sram <= board.sram_bytes and flash <= board.flash_bytes,
+        "realtime_by_cycle_model": report["cycles"]["realtime_margin"] >= 1,
+        "realtime_margin_by_cycle_model": report["cycles"]["realtime_margin"],
+    }
     if measure_kernels:
+        if not learner.config.quant.enabled or learner.counters.blocks_learned == 0:
+            raise budget.BudgetError(
+                "--measure runs the run's integer twin, which needs a run learned with "
+                "`edge-clapp learn --quant`; without --measure the plan needs the config only"
+            )
         measured = measure(learner)
         measured["realtime_margin_at_one_instruction_per_cycle"] = (
-            report["cycles"]["cycles_available_per_hop"] - 0
-        ) / measured["instructions_per_hop"]
+            report["cycles"]["cycles_available_per_hop"] / measured["instructions_per_hop"]
+        )
         report["measured"] = measured
     return report
 
@@ -123,22 +140,25 @@ def write_png(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     board = report["board"]
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5))
+    fig, axes = plt.subplots(2, 1, figsize=(12, 8))
     for ax, region in zip(axes, ("sram", "flash"), strict=True):
         left = 0
         buffers = sorted(
             (b for b in report["buffers"] if b["region"] == region), key=lambda b: -b["bytes"]
         )
-        for b in buffers:
+        colours = plt.get_cmap("tab20").colors
+        for n, b in enumerate(buffers):
             label = f"{b['name']}" + (f" (L{b['layer']})" if b["layer"] else "")
-            ax.barh(0, b["bytes"], left=left, label=label if b["bytes"] > 2048 else None)
+            ax.barh(0, b["bytes"], left=left, label=label, color=colours[n % len(colours)])
             left += b["bytes"]
         capacity = board[f"{region}_bytes"]
         ax.axvline(capacity, color="black", linestyle="--")
         ax.set_title(f"{region.upper()}: {left:,} of {capacity:,} bytes ({board['name']})")
         ax.set_yticks([])
+        ax.set_xlabel("bytes (dashed: the board's capacity)")
+        ax.ticklabel_format(axis="x", style="plain")
         ax.set_xlim(0, max(capacity, left) * 1.05)
-        ax.legend(fontsize=6, loc="upper right", ncol=2)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")

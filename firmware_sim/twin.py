@@ -30,7 +30,7 @@ import copy
 import numpy as np
 import torch
 
-from edge_clapp.config import FrontendKind, Schedule
+from edge_clapp.config import Config, FrontendKind, Schedule
 from edge_clapp.errors import EdgeClappError
 from edge_clapp.firmware_sim.kernels import (
     UPDATE_BITS,
@@ -50,6 +50,22 @@ INT32_LIMITS = (-(2**31), 2**31 - 1)
 
 class TwinError(EdgeClappError):
     """The learner cannot be turned into an integer twin."""
+
+
+def check_geometry(config: Config) -> None:
+    """Refuses a config the integer twin (and its C kernels) cannot run."""
+    problems = []
+    if config.frontend.kind is not FrontendKind.LOGMEL:
+        problems.append("its front end is not log-mel")
+    if any(g != 1 for g in config.positions_per_frame()):
+        problems.append("a layer has more than one position per frame")
+    if config.rule.schedule is not Schedule.EITHER:
+        problems.append("its schedule is not 'either'")
+    if problems:
+        raise TwinError(
+            "the integer twin runs configs of the mcu kind (log-mel front end, stride-1 "
+            "layers, the 'either' schedule), and this one differs: " + "; ".join(problems)
+        )
 
 
 class TwinLayer:
@@ -144,13 +160,23 @@ def _multipliers(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
 class IntegerLearner:
     """Learns from blocks of int8 front-end codes, (F, C_0) per block, in integers only."""
 
-    def __init__(self, learner: OnlineLearner, seed: int = 0) -> None:
+    def __init__(self, learner: OnlineLearner, seed: int = 0, shadow_bits: int = 0) -> None:
+        """shadow_bits: 0 keeps weights, P and R in int8 alone; b > 0 keeps an integer
+        shadow with b more bits below each code (int16 for b = 8) that the updates go
+        to, and the codes the forward pass uses are the shadow rounded (half up)."""
         config = learner.config
         self._check(learner)
+        if not 0 <= shadow_bits <= 16:
+            raise TwinError(f"shadow_bits = {shadow_bits} must be in 0..16")
+        self.shadow_bits = shadow_bits
         self.config = config
         self.K, self.F = config.rule.offsets, config.stream.block_frames
         self.input_scale = float(learner.input_observer.scale)
         self.layers = [TwinLayer(learner, i, self.F) for i in range(len(learner.layers))]
+        self.shadows = [
+            {name: a << shadow_bits for name, a in layer.arrays().items() if name != "bias"}
+            for layer in self.layers
+        ]
         capacity = config.stream.replay_capacity
         self.min_age = max(
             1, round(config.stream.replay_min_age_seconds / config.block_seconds)
@@ -166,21 +192,15 @@ class IntegerLearner:
 
     @staticmethod
     def _check(learner: OnlineLearner) -> None:
-        config = learner.config
+        check_geometry(learner.config)
         problems = []
-        if not config.quant.enabled or not learner.quant_active:
+        if not learner.config.quant.enabled or not learner.quant_active:
             problems.append("it was not learned with quantisation (or is in its warm-up)")
         if learner.counters.blocks_learned == 0:
             problems.append("it has learned no block, so it has no activation ranges")
-        if config.frontend.kind is not FrontendKind.LOGMEL:
-            problems.append("its front end is not log-mel")
-        if any(g != 1 for g in config.positions_per_frame()):
-            problems.append("a layer has more than one position per frame")
-        if config.rule.schedule is not Schedule.EITHER:
-            problems.append("its schedule is not 'either'")
         if problems:
             raise TwinError(
-                "the integer twin takes a quantisation-aware run of the mcu kind: "
+                "the integer twin starts from a run learned with `edge-clapp learn --quant`: "
                 + "; ".join(problems)
             )
 
@@ -277,11 +297,27 @@ class IntegerLearner:
         self.blocks += 1
 
     def _apply(self, layer: TwinLayer, acc: dict[str, np.ndarray]) -> None:
+        b = self.shadow_bits
         arrays = layer.arrays()
         seeds = {name: self._seed(a.size) for name, a in arrays.items()}
         mult = {name: _multipliers(pairs) for name, pairs in layer.mult.items()}
-        for name, value in clapp_update(arrays, acc, mult, seeds).items():
-            setattr(layer, name, value)
+        if b == 0:
+            for name, value in clapp_update(arrays, acc, mult, seeds).items():
+                setattr(layer, name, value)
+            return
+        # Updates in shadow units: the multipliers x 2^b, the bounds x 2^b.
+        shadow = self.shadows[self.layers.index(layer)]
+        mult = {
+            name: (m0, sh - (b if name != "bias" else 0)) for name, (m0, sh) in mult.items()
+        }
+        updated = clapp_update(
+            {**arrays, **shadow}, acc, mult, seeds, INT8_MAX << b, INT8_MAX << b
+        )
+        layer.bias = updated.pop("bias")
+        for name, value in updated.items():
+            shadow[name] = value
+            codes = (value + (1 << (b - 1))) >> b
+            setattr(layer, name, np.clip(codes, -INT8_MAX, INT8_MAX))
 
     def step_samples(self, samples: np.ndarray) -> None:
         """Host front end (streaming, float) then ``step`` on its codes."""

@@ -459,17 +459,30 @@ def test_simulate_reports_fits_and_refuses(qat, tmp_path, capsys):
     argv = ["simulate", str(tmp_path / "mcu"), "--board", "STM32F746"]
     assert main([*argv, "--json", str(report), "--png", str(chart)]) == 0
     out = capsys.readouterr().out
-    assert "fits STM32F746" in out and "real-time margin" in out
+    assert "fits STM32F746 in memory" in out and "real time by the cycle model" in out
     data = json.loads(report.read_text())
     assert data["memory"]["sram_bytes"] <= 141 * 1024  # the tiny-training footprint
     assert data["cycles"]["realtime_margin"] >= 2
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The raw preset is a desktop learner: refused, with what is missing.
-    raw = OnlineLearner(resolve_config("raw"))
-    save_checkpoint(raw, tmp_path / "raw" / "checkpoint")
-    assert main(["simulate", str(tmp_path / "raw"), "--board", "nrf52840"]) == 2
+    assert data["verdict"] == {
+        "fits_memory": True,
+        "realtime_by_cycle_model": True,
+        "realtime_margin_by_cycle_model": data["cycles"]["realtime_margin"],
+    }
+    # A wider mcu does not fit the nRF52840: refused, with what is missing.
+    wide = resolve_config(
+        "mcu", overrides={"layers": [{"kind": "conv1d", "channels": 160, "kernel": 3}] * 3}
+    )
+    save_checkpoint(OnlineLearner(wide), tmp_path / "wide" / "checkpoint")
+    assert main(["simulate", str(tmp_path / "wide"), "--board", "nrf52840"]) == 2
     err = capsys.readouterr().err
     assert "does not fit nRF52840" in err and "missing" in err and "largest buffer" in err
+    # The raw preset is not of the kind the twin runs; --measure needs a --quant run.
+    save_checkpoint(OnlineLearner(resolve_config("raw")), tmp_path / "raw" / "checkpoint")
+    assert main(["simulate", str(tmp_path / "raw"), "--board", "stm32h743"]) == 2
+    assert "runs configs of the mcu kind" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "wide"), "--board", "stm32h743", "--measure"]) == 2
+    assert "needs a run learned with `edge-clapp learn --quant`" in capsys.readouterr().err
     assert main([*argv[:2], "--board", "esp32"]) == 2
     assert "unknown board 'esp32'" in capsys.readouterr().err
 
@@ -481,3 +494,19 @@ def test_simulate_measures_the_kernels_under_qemu(emulator, qat):
     kernels = report["measured"]["kernels"]
     assert [k["kernel"] for k in kernels] == ["forward", "update"] * 3
     assert all(k["instructions_per_hop"] > 1000 for k in kernels)
+
+
+def test_int16_shadow_keeps_codes_as_the_rounded_shadow(qat, speech):
+    stream, _ = speech
+    twin = IntegerLearner(qat, seed=4, shadow_bits=8)
+    n = qat.config.block_samples
+    for b in range(60, 100):
+        twin.step_samples(stream[b * n : (b + 1) * n])
+    for layer, shadow in zip(twin.layers, twin.shadows, strict=True):
+        for name, value in shadow.items():
+            assert np.abs(value).max() <= 127 << 8
+            codes = np.clip((value + 128) >> 8, -127, 127)
+            assert np.array_equal(getattr(layer, name), codes), name
+        assert (shadow["weight"] & 0xFF).any()  # updates below one code are kept
+    with pytest.raises(TwinError, match="shadow_bits"):
+        IntegerLearner(qat, shadow_bits=17)
