@@ -90,9 +90,6 @@ class CKernels:
         ]
         lib.ec_stochastic_round.restype = None
         lib.ec_stochastic_round.argtypes = [_p, _i64, _i64, _p, _p, ctypes.c_uint64, _p]
-        lib.ec_clapp_accumulate.restype = _i64
-        lib.ec_clapp_accumulate.argtypes = [_p, _i32, _i32, _i32, _p, _i32, _p, _p, _i32, _i32]
-        lib.ec_clapp_accumulate.argtypes += [_p] * 10
         u64 = ctypes.c_uint64
         lib.ec_clapp_update.restype = _i64
         lib.ec_clapp_update.argtypes = [_p, _i32, _i32, _i32, _p, _i32, _p, _p, _p, _p, _i32,
@@ -142,35 +139,6 @@ class CKernels:
         self.lib.ec_stochastic_round(
             acc.ctypes.data, acc.size, row_len, m.ctypes.data, s.ctypes.data, seed,
             out.ctypes.data,
-        )  # fmt: skip
-        return out
-
-    def clapp_accumulate(
-        self, x_rows, z, pred, retro, context, candidate, label, valid, threshold
-    ) -> dict[str, np.ndarray]:
-        xb, signed = self._codes(x_rows)
-        n, d = np.asarray(x_rows).shape
-        c = z.shape[1]
-        k, m = context.shape
-        zb = self._arr(z, np.uint8)
-        p = self._arr(pred, np.int8)
-        r = self._arr(retro, np.int8) if retro is not None else None
-        ctx, cand = self._arr(context, np.int32), self._arr(candidate, np.int32)
-        lab, val = self._arr(label, np.int8), self._arr(valid, np.uint8)
-        thr = self._arr(threshold, np.int64)
-        out = {
-            "weight": np.zeros((c, d), np.int64),
-            "bias": np.zeros(c, np.int64),
-            "pred": np.zeros((k, c, c), np.int64),
-            "retro": np.zeros((k, c, c), np.int64) if retro is not None else None,
-        }
-        err = np.zeros((n, c), np.int64)
-        out["open_gates"] = self.lib.ec_clapp_accumulate(
-            xb.ctypes.data, signed, n, d, zb.ctypes.data, c, p.ctypes.data,
-            r.ctypes.data if r is not None else None, k, m, ctx.ctypes.data,
-            cand.ctypes.data, lab.ctypes.data, val.ctypes.data, thr.ctypes.data,
-            out["weight"].ctypes.data, out["bias"].ctypes.data, out["pred"].ctypes.data,
-            out["retro"].ctypes.data if retro is not None else None, err.ctypes.data,
         )  # fmt: skip
         return out
 

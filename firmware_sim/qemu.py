@@ -92,7 +92,7 @@ def kernel_size() -> dict[str, int]:
 
 @dataclass
 class Case:
-    kind: str  # "conv", "accumulate", "update", "round", "calibrate"
+    kind: str  # "conv", "update", "round", "calibrate"
     args: tuple
 
 
@@ -113,22 +113,6 @@ def _encode(case: Case) -> bytes:
         return (head + _u8(x) + np.asarray(w).astype(np.int8).tobytes()
                 + np.asarray(bias, np.int32).tobytes() + np.asarray(m0, np.int32).tobytes()
                 + np.asarray(sh, np.int32).tobytes())  # fmt: skip
-    if case.kind == "accumulate":
-        x, z, pred, retro, context, candidate, label, valid, threshold = case.args
-        x = np.asarray(x)
-        k, m = context.shape
-        head = i32(2, x.shape[0], x.shape[1], z.shape[1], k, m, int(x.min(initial=0) < 0),
-                   int(retro is not None))  # fmt: skip
-        body = _u8(x) + np.asarray(z).astype(np.uint8).tobytes()
-        body += np.asarray(pred).astype(np.int8).tobytes()
-        if retro is not None:
-            body += np.asarray(retro).astype(np.int8).tobytes()
-        body += (
-            np.asarray(context, np.int32).tobytes() + np.asarray(candidate, np.int32).tobytes()
-        )
-        body += np.asarray(label).astype(np.int8).tobytes()
-        body += np.asarray(valid).astype(np.uint8).tobytes()
-        return head + body + np.asarray(threshold, np.int64).tobytes()
     if case.kind == "update":
         arrays, (x, z, context, candidate, label, valid, threshold), mult, seeds, bound = (
             case.args
@@ -177,14 +161,6 @@ def _decode(case: Case, data: memoryview, at: int) -> tuple[dict, int]:
         x, w, _, kernel, stride, *_ = case.args
         t_out = (np.asarray(x).shape[0] - kernel) // stride + 1
         out["out"] = take(t_out * w.shape[0], np.uint8, (t_out, w.shape[0]))
-    elif case.kind == "accumulate":
-        x, z, pred, retro, context, *_ = case.args
-        c, d, k = z.shape[1], np.asarray(x).shape[1], context.shape[0]
-        out["weight"] = take(8 * c * d, np.int64, (c, d))
-        out["bias"] = take(8 * c, np.int64, (c,))
-        out["pred"] = take(8 * k * c * c, np.int64, (k, c, c))
-        out["retro"] = take(8 * k * c * c, np.int64, (k, c, c)) if retro is not None else None
-        out["open_gates"] = int(take(8, np.int64, ())[()])
     elif case.kind == "update":
         arrays = case.args[0]
         c, d = arrays["weight"].shape

@@ -132,23 +132,10 @@ def _random_accumulate_case(rng, c=6, d=10, n=12, k=3, m=8, retro=True, extreme=
     return x, z, pred, ret, context, candidate, label, valid, threshold
 
 
-@pytest.mark.parametrize("retro", [True, False])
 @pytest.mark.parametrize("extreme", [False, True])
-def test_c_kernels_equal_the_reference_on_random_and_saturating_inputs(
-    c_kernels, retro, extreme
-):
-    rng = np.random.default_rng(11 + 2 * retro + extreme)
+def test_c_forward_and_rounding_equal_the_reference(c_kernels, extreme):
+    rng = np.random.default_rng(11 + extreme)
     for _ in range(5):
-        case = _random_accumulate_case(rng, retro=retro, extreme=extreme)
-        want = K.clapp_accumulate(*case)
-        got = c_kernels.clapp_accumulate(*case)
-        for name in ("weight", "bias", "pred", "retro"):
-            if want[name] is None:
-                assert got[name] is None
-            else:
-                assert_close(got[name], want[name], name=name)
-        assert got["open_gates"] == want["open_gates"]
-
         # Forward: random codes, and codes that drive the accumulator past int32.
         x = rng.integers(-128, 128, (20, 4))
         w = rng.integers(-127, 128, (5, 12)) if not extreme else np.full((5, 12), -127)
@@ -242,16 +229,10 @@ def test_c_kernels_equal_the_reference_on_a_real_speech_step(c_kernels, qat, spe
         got = c_kernels.conv_forward(x, layer.weight, layer.bias, layer.kernel, layer.stride,
                                      layer.fwd_m0, layer.fwd_sh)  # fmt: skip
         assert_close(got, want, name="forward")
-        context, candidate, label, valid = twin._pairs(True)
-        args = (layer.x_rows, layer.z, layer.pred, layer.retro, context, candidate, label,
-                valid, layer.threshold)  # fmt: skip
-        want_acc, got_acc = K.clapp_accumulate(*args), c_kernels.clapp_accumulate(*args)
-        assert want_acc["open_gates"] > 0 and np.abs(want_acc["weight"]).max() > 0
-        for name in ("weight", "bias", "pred", "retro"):
-            assert_close(got_acc[name], want_acc[name], name=name)
         arrays, data, mult, seeds = _twin_update_case(twin, layer)
-        want, _ = reference_update(arrays, data, mult, seeds)
-        got, _ = c_kernels.clapp_update(arrays, *data, mult, seeds)
+        want, want_open = reference_update(arrays, data, mult, seeds)
+        got, got_open = c_kernels.clapp_update(arrays, *data, mult, seeds)
+        assert got_open == want_open > 0
         for name in want:
             assert_close(got[name], want[name], name=f"fused {name}")
         assert (want["weight"] != arrays["weight"]).any()
@@ -372,10 +353,6 @@ def test_cortex_m7_results_are_bit_identical_to_the_reference(emulator, qat, spe
     the SysTick calibration (40 instructions per tick under -icount shift=0)."""
     rng = np.random.default_rng(5)
     cases, expected = [], []
-    for retro, extreme in ((True, False), (False, False), (True, True)):
-        args = _random_accumulate_case(rng, retro=retro, extreme=extreme)
-        cases.append(qemu.Case("accumulate", args))
-        expected.append(K.clapp_accumulate(*args))
     x, w = rng.integers(-128, 128, (20, 4)), np.full((5, 12), -127)
     bias, m0, sh = np.full(5, 2**31 - 1), rng.integers(2**30, 2**31, 5), rng.integers(31, 45, 5)
     cases.append(qemu.Case("conv", (x, w, bias, 3, 2, m0, sh)))
@@ -395,10 +372,6 @@ def test_cortex_m7_results_are_bit_identical_to_the_reference(emulator, qat, spe
             layer.fwd_sh)  # fmt: skip
     cases.append(qemu.Case("conv", conv))
     expected.append({"out": K.conv_forward(*conv)[1]})
-    pairs = twin._pairs(True)
-    args = (layer.x_rows, layer.z, layer.pred, layer.retro, *pairs, layer.threshold)
-    cases.append(qemu.Case("accumulate", args))
-    expected.append(K.clapp_accumulate(*args))
     for extreme, retro in ((False, True), (True, True), (False, False)):
         arrays, data, mult, seeds = _update_case(rng, extreme, retro)
         cases.append(qemu.Case("update", (arrays, data, mult, seeds, 127)))

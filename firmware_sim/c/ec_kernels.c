@@ -16,10 +16,6 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-static int64_t code(const uint8_t *p, int32_t is_signed) {
-    return is_signed ? (int64_t)(int8_t)*p : (int64_t)*p;
-}
-
 int64_t ec_requantize(int64_t acc, int32_t m0, int32_t sh, int64_t lo, int64_t hi) {
     acc = clamp64(acc, -EC_INT32_MAX, EC_INT32_MAX);
     int64_t v = floor_shift(acc * (int64_t)m0 + (1LL << (sh - 1)), sh);
@@ -93,80 +89,6 @@ static int64_t mat_col_dot(const int8_t *m, int32_t c, int32_t i, const uint8_t 
     int64_t s = 0;
     for (int32_t j = 0; j < c; j++) s += (int64_t)m[(size_t)j * c + i] * za[j];
     return s;
-}
-
-int64_t ec_clapp_accumulate(const uint8_t *x_rows, int32_t x_signed, int32_t n_frames,
-                            int32_t d, const uint8_t *z, int32_t c, const int8_t *pred,
-                            const int8_t *retro, int32_t k_offsets, int32_t m_pairs,
-                            const int32_t *context, const int32_t *candidate,
-                            const int8_t *label, const uint8_t *valid,
-                            const int64_t *threshold, int64_t *acc_w, int64_t *acc_b,
-                            int64_t *acc_p, int64_t *acc_r, int64_t *err) {
-    int64_t open = 0;
-    size_t cc = (size_t)c * c;
-    for (size_t i = 0; i < (size_t)n_frames * c; i++) err[i] = 0;
-    for (size_t i = 0; i < (size_t)k_offsets * cc; i++) {
-        acc_p[i] = 0;
-        if (acc_r != NULL) acc_r[i] = 0;
-    }
-    for (int32_t k = 0; k < k_offsets; k++) {
-        const int8_t *p = pred + (size_t)k * cc;
-        const int8_t *r = retro != NULL ? retro + (size_t)k * cc : NULL;
-        for (int32_t m = 0; m < m_pairs; m++) {
-            size_t km = (size_t)k * m_pairs + m;
-            const uint8_t *ctx = z + (size_t)context[km] * c;
-            const uint8_t *cand = z + (size_t)candidate[km] * c;
-            int64_t y = label[km], v = valid[km];
-            int64_t score = 0;
-            for (int32_t i = 0; i < c; i++) score += (int64_t)cand[i] * mat_row_dot(p, c, i, ctx);
-            int64_t gate = y * score < threshold[k] ? 1 : 0;
-            int64_t third = y * gate * v;
-            open += gate * v;
-            if (third != 0) {
-                int64_t *e = err + (size_t)candidate[km] * c;
-                for (int32_t i = 0; i < c; i++) {
-                    e[i] += third * mat_row_dot(p, c, i, ctx);
-                    for (int32_t j = 0; j < c; j++)
-                        acc_p[(size_t)k * cc + (size_t)i * c + j] += third * cand[i] * ctx[j];
-                }
-            }
-            if (r == NULL) {
-                if (third != 0) {
-                    int64_t *e = err + (size_t)context[km] * c;
-                    for (int32_t i = 0; i < c; i++) e[i] += third * mat_col_dot(p, c, i, cand);
-                }
-                continue;
-            }
-            int64_t score_r = 0;
-            for (int32_t i = 0; i < c; i++) score_r += (int64_t)ctx[i] * mat_row_dot(r, c, i, cand);
-            int64_t gate_r = y * score_r < threshold[k] ? 1 : 0;
-            int64_t third_r = y * gate_r * v;
-            open += gate_r * v;
-            if (third_r != 0) {
-                int64_t *e = err + (size_t)context[km] * c;
-                for (int32_t i = 0; i < c; i++) {
-                    e[i] += third_r * mat_row_dot(r, c, i, cand);
-                    for (int32_t j = 0; j < c; j++)
-                        acc_r[(size_t)k * cc + (size_t)i * c + j] += third_r * ctx[i] * cand[j];
-                }
-            }
-        }
-    }
-    for (int32_t n = 0; n < n_frames; n++)
-        for (int32_t i = 0; i < c; i++)
-            if (z[(size_t)n * c + i] == 0) err[(size_t)n * c + i] = 0; /* relu' */
-    for (int32_t i = 0; i < c; i++) {
-        int64_t b = 0;
-        for (int32_t n = 0; n < n_frames; n++) b += err[(size_t)n * c + i];
-        acc_b[i] = b;
-        for (int32_t q = 0; q < d; q++) {
-            int64_t s = 0;
-            for (int32_t n = 0; n < n_frames; n++)
-                s += err[(size_t)n * c + i] * code(x_rows + (size_t)n * d + q, x_signed);
-            acc_w[(size_t)i * d + q] = s;
-        }
-    }
-    return open;
 }
 
 /* delta = stochastic_round(acc) for one element with counter `counter`. */

@@ -29,24 +29,14 @@ int32_t ec_conv_forward(const uint8_t *x, int32_t x_signed, int32_t t_in, int32_
 void ec_stochastic_round(const int64_t *acc, int64_t n, int64_t row_len, const int32_t *m0,
                          const int32_t *sh, uint64_t seed, int64_t *delta);
 
-/* The CLAPP rule's integer accumulators for one layer (one position per frame): see
- * clapp_accumulate in kernels.py. retro and acc_r may be NULL (CLAPP-s). err is scratch
- * of n_frames * c. Returns the number of open gates among valid pairs. */
-int64_t ec_clapp_accumulate(const uint8_t *x_rows, int32_t x_signed, int32_t n_frames,
-                            int32_t d, const uint8_t *z, int32_t c, const int8_t *pred,
-                            const int8_t *retro, int32_t k_offsets, int32_t m_pairs,
-                            const int32_t *context, const int32_t *candidate,
-                            const int8_t *label, const uint8_t *valid,
-                            const int64_t *threshold, int64_t *acc_w, int64_t *acc_b,
-                            int64_t *acc_p, int64_t *acc_r, int64_t *err);
-
 /* One whole CLAPP update of a layer in place, fused so that no full-size accumulator is
  * held: the pair errors (err, n_frames * c int64), then row by row the weight, bias,
  * prediction and retrodiction accumulators (row: max(d, c) int64), each stochastically
  * rounded (weight row r: w_m0[r], w_sh[r], counters seed_w + element; bias likewise;
  * P and R: p_m0, p_sh) and added with saturation (weights to +-weight_bound, P and R to
  * +-127, bias to int32). thirds: 2 * k * m int8 scratch. Equals clapp_accumulate then
- * clapp_update in kernels.py. Returns the number of open gates. */
+ * clapp_update in kernels.py (the scores, gates, errors and accumulators of the CLAPP
+ * rule for one layer with one position per frame). Returns the number of open gates. */
 int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frames, int32_t d,
                         const uint8_t *z, int32_t c, int8_t *w, int32_t *bias, int8_t *pred,
                         int8_t *retro, int32_t k_offsets, int32_t m_pairs,

@@ -4,7 +4,7 @@
  *   harness IN OUT (paths fixed at build time: vectors.bin, results.bin in QEMU's folder)
  *
  * Record format (little-endian), repeated until kind 0:
- *   u32 kind: 1 conv_forward, 2 clapp_accumulate, 3 stochastic_round, 4 calibration,
+ *   u32 kind: 1 conv_forward, 3 stochastic_round, 4 calibration,
  *             5 clapp_update (fused, in place)
  *   then the sizes and arrays in the order firmware_sim/qemu.py writes them.
  * Output per record: the result arrays, then u64 ticks.
@@ -85,37 +85,6 @@ static void conv(void) {
     free(x), free(w), free(bias), free(m0), free(sh), free(y);
 }
 
-static void accumulate(void) {
-    int32_t n = take_i32(), d = take_i32(), c = take_i32(), k = take_i32(), m = take_i32();
-    int32_t x_signed = take_i32(), has_retro = take_i32();
-    uint8_t *x = take((size_t)n * d), *z = take((size_t)n * c);
-    int8_t *pred = take((size_t)k * c * c);
-    int8_t *retro = has_retro ? take((size_t)k * c * c) : NULL;
-    int32_t *ctx = take(4u * k * m), *cand = take(4u * k * m);
-    int8_t *label = take((size_t)k * m);
-    uint8_t *valid = take((size_t)k * m);
-    int64_t *thr = take(8u * k);
-    int64_t *acc_w = take(0), *acc_b = take(0), *acc_p = take(0), *acc_r = NULL, *err = take(0);
-    acc_w = realloc(acc_w, 8u * c * d);
-    acc_b = realloc(acc_b, 8u * c);
-    acc_p = realloc(acc_p, 8u * k * c * c);
-    if (has_retro) acc_r = malloc(8u * k * c * c);
-    err = realloc(err, 8u * n * c);
-    if (!acc_w || !acc_b || !acc_p || !err || (has_retro && !acc_r)) fail("out of memory");
-    uint64_t start = now();
-    int64_t open = ec_clapp_accumulate(x, x_signed, n, d, z, c, pred, retro, k, m, ctx, cand,
-                                       label, valid, thr, acc_w, acc_b, acc_p, acc_r, err);
-    uint64_t t = now() - start;
-    give(acc_w, 8u * c * d);
-    give(acc_b, 8u * c);
-    give(acc_p, 8u * k * c * c);
-    if (has_retro) give(acc_r, 8u * k * c * c);
-    give(&open, 8);
-    give(&t, 8);
-    free(x), free(z), free(pred), free(retro), free(ctx), free(cand), free(label);
-    free(valid), free(thr), free(acc_w), free(acc_b), free(acc_p), free(acc_r), free(err);
-}
-
 static void round_update(void) {
     int32_t n = take_i32(), row_len = take_i32(), rows = take_i32();
     uint64_t seed;
@@ -184,7 +153,6 @@ int main(void) {
         int32_t kind = take_i32();
         if (kind == 0) break;
         if (kind == 1) conv();
-        else if (kind == 2) accumulate();
         else if (kind == 3) round_update();
         else if (kind == 4) calibration();
         else if (kind == 5) update();
