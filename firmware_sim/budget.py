@@ -108,6 +108,12 @@ def plan_memory(config: Config, code_bytes: int | None = None) -> list[Buffer]:
             out.append(Buffer(f"initial {name}", i + 1, "flash", size))
         out += [
             Buffer("input with carry (codes)", i + 1, "sram", (carry + F * g[i]) * in_channels),
+            Buffer(
+                "negative input, zero carry (codes)",
+                i + 1,
+                "sram",
+                (carry + F * g[i]) * in_channels,
+            ),
             Buffer("patch workspace (codes)", i + 1, "sram", rows * D),
             Buffer("output workspace (codes)", i + 1, "sram", rows * C),
         ]
@@ -179,11 +185,12 @@ def count_work(config: Config) -> list[Work]:
         positions = 2 * F * g[i + 1]  # the block and its replayed negative
         out.append(Work("forward", i + 1, positions * C * D, positions * C))
         rows = (K + 2 * F) * g[i + 1]
-        per_pair = (2 * C * C + C) * (2 if clapp else 1) + (0 if clapp else C * C)
+        # Per pair, as ec_clapp_update loops: each branch a dendrite (C^2), its score and
+        # error scatter (2C) and an outer product into its matrix (C^2); CLAPP-s has one
+        # branch plus the transposed dendrite to the context (C^2 + C).
+        per_pair = 2 * (2 * C * C + 2 * C) if clapp else 3 * C * C + 3 * C
         matrices = (2 if clapp else 1) * K * C * C
-        update_macs = (
-            K * F * per_pair + rows * C * D + rows * C + K * F * C * (2 if clapp else 1) * C
-        )
+        update_macs = K * F * per_pair + rows * C * D + rows * C
         out.append(Work("update", i + 1, update_macs, C * D + C + matrices))
         in_channels = C
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_clapp.errors import EdgeClappError
+from edge_clapp.firmware_sim.kernels import UPDATE_BITS, check_multipliers
 
 C_DIR = Path(__file__).parent / "c"
 SOURCES = [C_DIR / "ec_kernels.c"]
@@ -73,6 +74,8 @@ class CKernels:
         lib.ec_requantize.argtypes = [_i64, _i32, _i32, _i64, _i64]
         lib.ec_hash32.restype = ctypes.c_uint32
         lib.ec_hash32.argtypes = [ctypes.c_uint32]
+        lib.ec_counter_hash.restype = ctypes.c_uint32
+        lib.ec_counter_hash.argtypes = [ctypes.c_uint64]
         lib.ec_conv_forward.restype = _i32
         lib.ec_conv_forward.argtypes = [
             _p,
@@ -116,6 +119,9 @@ class CKernels:
     def hash32(self, counter: int) -> int:
         return self.lib.ec_hash32(counter & 0xFFFFFFFF)
 
+    def counter_hash(self, counter: int) -> int:
+        return self.lib.ec_counter_hash(counter)
+
     def conv_forward(self, x, weight, bias, kernel, stride, m0, sh) -> np.ndarray:
         xb, signed = self._codes(x)
         t_in, c_in = np.asarray(x).shape
@@ -132,7 +138,7 @@ class CKernels:
 
     def stochastic_round(self, acc, m0, sh, seed: int) -> np.ndarray:
         acc = self._arr(acc, np.int64)
-        m0, sh = np.asarray(m0), np.asarray(sh)
+        m0, sh = check_multipliers(m0, sh, UPDATE_BITS)
         row_len = acc.size // max(m0.size, 1)
         m, s = self._arr(m0.ravel(), np.int32), self._arr(sh.ravel(), np.int32)
         out = np.zeros_like(acc)

@@ -1,6 +1,7 @@
 """Integer kernels of the device path, in numpy integer arrays only: the normative
-reference. ``firmware_sim/c/kernels.c`` implements the same functions in C99 and must
-match them bit for bit (tests/test_firmware.py).
+reference. ``firmware_sim/c/ec_kernels.c`` implements them in C99 (the accumulate and
+update steps fused into one kernel) and must match them bit for bit
+(tests/test_firmware.py).
 
 Number formats:
     codes     int8 (weights, first-layer input, prediction matrices) or uint8 (relu
@@ -12,6 +13,8 @@ Rounding rules (documented, tested on hand-made cases):
     requantize        round half up: (acc * m0 + 2^(sh-1)) >> sh, then saturate
     stochastic_round  floor((acc * m0 + r) / 2^sh), r uniform in [0, 2^sh) from the
                       counter hash below: an unbiased rounding of acc * m0 / 2^sh
+    multipliers       1 <= sh <= 62 and 0 <= m0 < 2^31 (forward) or < 2^22 (updates);
+                      checked here, assumed by the C kernels
     >> is an arithmetic shift (floor); accumulators saturate to +-(2^31 - 1) before a
     forward requantization and to +-(2^40 - 1) before an update's, so that the product
     with m0 never leaves int64.
@@ -27,6 +30,7 @@ INT32_MAX = 2**31 - 1
 UPDATE_ACC_MAX = 2**40 - 1
 FORWARD_BITS = 31  # m0 in [2^30, 2^31): forward requantization multipliers
 UPDATE_BITS = 22  # m0 in [2^21, 2^22): update multipliers (acc up to 2^40: product < 2^62)
+BIAS_LIMIT = 2**30  # biases saturate here, as on the quantisation grid (edge_clapp/quant.py)
 
 
 def fixed_multiplier(real: float, bits: int = FORWARD_BITS) -> tuple[int, int]:
@@ -53,34 +57,61 @@ def requantize(acc: np.ndarray, m0: np.ndarray, sh: np.ndarray, lo: int, hi: int
     """Round half up of acc * m0 / 2^sh, saturated to [lo, hi]. m0, sh broadcast
     (one per output channel, the last axis)."""
     acc = np.clip(acc.astype(np.int64), -INT32_MAX, INT32_MAX)
-    m0 = np.asarray(m0, dtype=np.int64)
-    sh = np.asarray(sh, dtype=np.int64)
+    m0, sh = check_multipliers(m0, sh, FORWARD_BITS)
     out = (acc * m0 + (np.int64(1) << (sh - 1))) >> sh
     return np.clip(out, lo, hi)
 
 
+def check_multipliers(m0, sh, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """m0, sh as int64 arrays, refused outside 0 <= m0 < 2^bits, 1 <= sh <= 62."""
+    m0 = np.asarray(m0, dtype=np.int64)
+    sh = np.asarray(sh, dtype=np.int64)
+    if m0.size and (m0.min() < 0 or m0.max() >= 2**bits):
+        raise ValueError(f"multiplier m0 outside [0, 2^{bits})")
+    if sh.size and (sh.min() < 1 or sh.max() > 62):
+        raise ValueError("shift sh outside [1, 62]")
+    return m0, sh
+
+
 def hash32(counter: np.ndarray) -> np.ndarray:
-    """The PRNG: murmur3's 32-bit finaliser of a counter (uint32 in, uint32 out).
-    Counter-based, so element i of any tensor has its own draw and C computes the same."""
-    x = (np.asarray(counter, dtype=np.uint64) & 0xFFFFFFFF).astype(np.uint32)
+    """32-bit hash: the counter times 0x9E3779B9 (mod 2^32), then murmur3's 32-bit
+    finaliser (uint32 in, uint32 out; 0 maps to 0)."""
+    shape = np.shape(counter)
+    x = (np.atleast_1d(np.asarray(counter, dtype=np.uint64)) & 0xFFFFFFFF).astype(np.uint32)
     x = (x * np.uint32(0x9E3779B9)).astype(np.uint32)
     x ^= x >> np.uint32(16)
     x = (x * np.uint32(0x85EBCA6B)).astype(np.uint32)
     x ^= x >> np.uint32(13)
     x = (x * np.uint32(0xC2B2AE35)).astype(np.uint32)
     x ^= x >> np.uint32(16)
-    return x
+    return x.reshape(shape)
+
+
+def counter_hash(counter: np.ndarray) -> np.ndarray:
+    """The PRNG: a 64-bit counter -> uint32, hash32(low ^ hash32(high)). Counter-based,
+    so element i of any tensor has its own draw and C computes the same; below 2^32 it is
+    hash32 itself (hash32(0) = 0), and a seed in the high half gives its own stream."""
+    c = np.asarray(counter, dtype=np.uint64)
+    high = (c >> np.uint64(32)).astype(np.uint32)
+    low = (c & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return hash32(low ^ hash32(high))
 
 
 def stochastic_round(acc: np.ndarray, m0: np.ndarray, sh: np.ndarray, seed: int) -> np.ndarray:
-    """floor((acc * m0 + r) / 2^sh), r uniform in [0, 2^sh) drawn by hash32(seed + i) for
-    element i (row-major). For sh > 32 the product is first floored by 2^(sh-32) and r
-    has 32 bits. acc saturates to +-UPDATE_ACC_MAX; m0 below 2^22."""
-    acc = np.clip(acc.astype(np.int64), -UPDATE_ACC_MAX, UPDATE_ACC_MAX)
-    m0 = np.broadcast_to(np.asarray(m0, dtype=np.int64), acc.shape)
-    sh = np.broadcast_to(np.asarray(sh, dtype=np.int64), acc.shape)
+    """floor((acc * m0 + r) / 2^sh), r uniform in [0, 2^sh) drawn by counter_hash(seed +
+    i) for element i (row-major). For sh > 32 the product is first floored by 2^(sh-32)
+    and r has 32 bits. acc saturates to +-UPDATE_ACC_MAX; m0 below 2^22. m0 and sh are
+    one value, or one per row of acc (shape (rows, 1, ...)), as the C kernel takes them."""
+    acc = np.clip(np.asarray(acc).astype(np.int64), -UPDATE_ACC_MAX, UPDATE_ACC_MAX)
+    m0, sh = check_multipliers(m0, sh, UPDATE_BITS)
+    per_row = (acc.shape[0],) + (1,) * (acc.ndim - 1)
+    for a in (m0, sh):
+        if a.size != 1 and a.shape != per_row:
+            raise ValueError(f"m0 and sh must be one value or shaped {per_row}")
+    m0 = np.broadcast_to(m0.reshape(-1, *per_row[1:]) if m0.size != 1 else m0, acc.shape)
+    sh = np.broadcast_to(sh.reshape(-1, *per_row[1:]) if sh.size != 1 else sh, acc.shape)
     index = np.arange(acc.size, dtype=np.uint64).reshape(acc.shape)
-    r = hash32(np.uint64(seed) + index).astype(np.int64)
+    r = counter_hash(np.uint64(seed) + index).astype(np.int64)
     product = acc * m0
     pre = np.maximum(sh - 32, 0)
     product = product >> pre
@@ -126,7 +157,8 @@ def clapp_accumulate(
 
     x_rows (N, D) input patch codes; z (N, C) output codes; pred, retro (K, C, C) codes;
     context, candidate (K, M) frame indices; label (K, M) +1 / -1; valid (K, M) 0 / 1;
-    threshold (K,): the margin in score units, 1 / (score_scale x z_scale^2 x P_scale_k).
+    threshold (K,): the margin in score units, ceil(1 / (score_scale x z_scale^2 x
+    P_scale)): y u < 1 in real units is y S < threshold for the integer score S.
 
     Returns int64 accumulators: weight (C, D), bias (C,), pred (K, C, C), retro (K, C, C)
     or None, and the count of open gates. The caller scales them by the learning rate
@@ -176,7 +208,7 @@ def clapp_update(
     """Applies a layer's accumulators: each stochastically rounded with its multipliers
     (weight and bias: one per output channel, row r of the weight; pred / retro: one) and
     its own counter range, then added with saturation (weights and P / R codes to
-    +-weight_bound and +-pred_bound, bias to int32). Returns the new arrays."""
+    +-weight_bound and +-pred_bound, bias to +-BIAS_LIMIT). Returns the new arrays."""
     out = {}
     for name, bound in (
         ("weight", weight_bound),
@@ -191,6 +223,6 @@ def clapp_update(
         if name == "weight":
             m0, sh = m0[:, None], sh[:, None]
         delta = stochastic_round(acc[name], m0, sh, seeds[name])
-        lo, hi = (-bound, bound) if bound is not None else (-(2**31), 2**31 - 1)
+        lo, hi = (-bound, bound) if bound is not None else (-BIAS_LIMIT, BIAS_LIMIT)
         out[name] = np.clip(arrays[name] + delta, lo, hi)
     return out

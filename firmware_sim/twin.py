@@ -26,6 +26,7 @@ normalised by the number of pair slots (K x F), a constant, not by the pairs in 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -37,8 +38,8 @@ from edge_clapp.firmware_sim.kernels import (
     clapp_accumulate,
     clapp_update,
     conv_forward,
+    counter_hash,
     fixed_multiplier,
-    hash32,
 )
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.quant import quantize
@@ -111,7 +112,7 @@ class TwinLayer:
             else None
         )
         margin = 1.0 / (score_scale * out_scale**2 * p_scale)
-        self.threshold = np.full(K, round(margin), dtype=np.int64)
+        self.threshold = np.full(K, math.ceil(margin), dtype=np.int64)
 
         # Update multipliers: code change per accumulator unit.
         common = lr * score_scale / slots
@@ -184,7 +185,8 @@ class IntegerLearner:
         self.pool = np.zeros((capacity, self.F, learner.frontend.channels), dtype=np.int64)
         self.pool_stamp = np.full(capacity, -1, dtype=np.int64)
         self.blocks = 0
-        self.counter = np.uint64(seed) * np.uint64(0x100000000)  # the PRNG's position
+        # The PRNG's position: each seed its own 2^32-long stream (the high half).
+        self.counter = np.uint64(seed % 2**32) << np.uint64(32)
         self.ring_valid = False
         self.open_gates = [0 for _ in self.layers]
         # Host side, float: the front end that feeds the twin its codes.
@@ -208,7 +210,7 @@ class IntegerLearner:
 
     def _draw(self, n: int) -> np.ndarray:
         """n uint32 draws of the counter hash; advances the counter."""
-        out = hash32(self.counter + np.arange(n, dtype=np.uint64))
+        out = counter_hash(self.counter + np.arange(n, dtype=np.uint64))
         self.counter += np.uint64(n)
         return out
 

@@ -5,6 +5,7 @@
 
 #define EC_INT32_MAX 2147483647LL
 #define EC_UPDATE_ACC_MAX ((1LL << 40) - 1)
+#define EC_BIAS_LIMIT (1LL << 30)
 
 /* floor(v / 2^s) for 0 <= s < 63, without relying on >> of a negative value. */
 static int64_t floor_shift(int64_t v, int32_t s) {
@@ -20,6 +21,10 @@ int64_t ec_requantize(int64_t acc, int32_t m0, int32_t sh, int64_t lo, int64_t h
     acc = clamp64(acc, -EC_INT32_MAX, EC_INT32_MAX);
     int64_t v = floor_shift(acc * (int64_t)m0 + (1LL << (sh - 1)), sh);
     return clamp64(v, lo, hi);
+}
+
+uint32_t ec_counter_hash(uint64_t counter) {
+    return ec_hash32((uint32_t)counter ^ ec_hash32((uint32_t)(counter >> 32)));
 }
 
 uint32_t ec_hash32(uint32_t x) {
@@ -71,7 +76,7 @@ void ec_stochastic_round(const int64_t *acc, int64_t n, int64_t row_len, const i
         int32_t pre = sh[r] > 32 ? sh[r] - 32 : 0;
         int32_t bits = sh[r] - pre;
         product = floor_shift(product, pre);
-        uint64_t draw = ec_hash32((uint32_t)(seed + (uint64_t)i));
+        uint64_t draw = ec_counter_hash(seed + (uint64_t)i);
         int64_t noise = (int64_t)(bits == 32 ? draw : (draw & ((1ULL << bits) - 1)));
         delta[i] = floor_shift(product + noise, bits);
     }
@@ -97,7 +102,7 @@ static int64_t round_one(int64_t acc, int32_t m0, int32_t sh, uint64_t counter) 
     int32_t pre = sh > 32 ? sh - 32 : 0;
     int32_t bits = sh - pre;
     int64_t product = floor_shift(a * (int64_t)m0, pre);
-    uint64_t draw = ec_hash32((uint32_t)counter);
+    uint64_t draw = ec_counter_hash(counter);
     int64_t noise = (int64_t)(bits == 32 ? draw : (draw & ((1ULL << bits) - 1)));
     return floor_shift(product + noise, bits);
 }
@@ -188,7 +193,7 @@ int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frame
         int64_t s = 0;
         for (int32_t n = 0; n < n_frames; n++) s += err[(size_t)n * c + i];
         int64_t nb = bias[i] + round_one(s, b_m0[i], b_sh[i], seed_b + (uint64_t)i);
-        bias[i] = (int32_t)clamp64(nb, -2147483647LL - 1, 2147483647LL);
+        bias[i] = (int32_t)clamp64(nb, -EC_BIAS_LIMIT, EC_BIAS_LIMIT);
     }
 
     /* 3. Prediction and retrodiction matrices, one row at a time. */
