@@ -28,8 +28,9 @@ from edge_clapp.learner import OnlineLearner
 from edge_clapp.rule import RuleStep, clapp_step, pool_frames
 
 
-def autograd_step(layer_of, x_rows, z_rows, g, pred, retro, pairs) -> RuleStep:
-    """The rule through autograd: same inputs and outputs as ``clapp_step``."""
+def autograd_step(layer_of, x_rows, z_rows, g, pred, retro, pairs, s=1.0) -> RuleStep:
+    """The rule through autograd: same inputs and outputs as ``clapp_step`` (``s``: the
+    layer's score scale)."""
     layer = layer_of[x_rows.data_ptr()]
     with torch.enable_grad():
         weight = layer.weight.clone().requires_grad_(True)
@@ -41,12 +42,12 @@ def autograd_step(layer_of, x_rows, z_rows, g, pred, retro, pairs) -> RuleStep:
         ctx, cand = zhat[pairs.context], zhat[pairs.candidate]  # (K, M, C)
         y, w = pairs.label, pairs.weight
         if r is None:
-            score = torch.einsum("kmc,kcd,kmd->km", cand, p, ctx)
+            score = s * torch.einsum("kmc,kcd,kmd->km", cand, p, ctx)
             hinge = torch.relu(1 - y * score)
             loss = (w * hinge).sum()
         else:
-            score = torch.einsum("kmc,kcd,kmd->km", cand, p, ctx.detach())
-            score_r = torch.einsum("kmc,kcd,kmd->km", ctx, r, cand.detach())
+            score = s * torch.einsum("kmc,kcd,kmd->km", cand, p, ctx.detach())
+            score_r = s * torch.einsum("kmc,kcd,kmd->km", ctx, r, cand.detach())
             hinge = torch.relu(1 - y * score)
             loss = (w * hinge).sum() + (w * torch.relu(1 - y * score_r)).sum()
         params = [weight, bias, p] + ([r] if r is not None else [])
