@@ -126,20 +126,29 @@ class ClappLayer:
         """(C,) per-output-channel scales of the current float weights."""
         return weight_scales(self.weight, self.quant.weight_bits)
 
+    def parameter_codes(
+        self, input_scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The float weight and bias as codes (float32 holding integers): (weight codes
+        (C, D), weight scales (C,), bias codes (C,), bias scales (C,)); int8 per output
+        channel, int32 bias at input_scale x weight scale. The one definition of the grid
+        that the learner, the int8 export and the integer twin share."""
+        bound = weight_bound(self.quant.weight_bits)
+        w_scales = self.weight_scales()
+        w_codes = torch.round(self.weight / w_scales[:, None]).clamp_(-bound, bound)
+        b_scales = input_scale * w_scales
+        b_codes = torch.round(self.bias / b_scales).clamp_(*BIAS)
+        return w_codes, w_scales, b_codes, b_scales
+
     def quantize_parameters(
         self, input_scale: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The float weight and bias on their grids: int8 codes per output channel, int32
-        bias codes at input_scale x weight scale, times their scales. Written into
-        ``out`` (default: the layer's weight_q, bias_q, which the next block uses)."""
+        """The float weight and bias on their grids: codes times their scales. Written
+        into ``out`` (default: the layer's weight_q, bias_q, which the next block uses)."""
         weight_q, bias_q = out if out is not None else (self.weight_q, self.bias_q)
-        bound = weight_bound(self.quant.weight_bits)
-        scales = self.weight_scales()[:, None]
-        torch.div(self.weight, scales, out=weight_q)
-        weight_q.round_().clamp_(-bound, bound).mul_(scales)
-        bias_scale = input_scale * scales[:, 0]
-        torch.div(self.bias, bias_scale, out=bias_q)
-        bias_q.round_().clamp_(*BIAS).mul_(bias_scale)
+        w_codes, w_scales, b_codes, b_scales = self.parameter_codes(input_scale)
+        torch.mul(w_codes, w_scales[:, None], out=weight_q)
+        torch.mul(b_codes, b_scales, out=bias_q)
         # Weights grown past float32's range (a runaway learning rate) make inf x 0: keep
         # the grid finite; the learner already counts and contains the overflow.
         weight_q.nan_to_num_(nan=0.0)

@@ -186,10 +186,14 @@ class OnlineLearner:
             layer.quant_active = active
         return active
 
+    def input_scale(self, index: int) -> torch.Tensor:
+        """The scale of layer ``index``'s input grid: the front end's for the first
+        layer, else the output scale of the layer below."""
+        return self.input_observer.scale if index == 0 else self.layers[index - 1].out_scale
+
     def input_scales(self) -> list[torch.Tensor]:
-        """Per layer, the scale of its input grid: the front end's, then each layer's
-        output scale below it."""
-        return [self.input_observer.scale] + [layer.out_scale for layer in self.layers[:-1]]
+        """Per layer, the scale of its input grid."""
+        return [self.input_scale(i) for i in range(len(self.layers))]
 
     def quant_scales(self) -> dict[str, object]:
         """Every scale of the integer graph (what the int8 export writes)."""
@@ -321,7 +325,7 @@ class OnlineLearner:
         lr = self.config.rule.lr
         for i, layer in enumerate(self.layers):
             if quantized:
-                layer.quantize_parameters(self.input_scales()[i])
+                layer.quantize_parameters(self.input_scale(i))
             z = layer.forward_block(x, observe=observe)
             z_neg = layer.forward_negative(x_neg) if x_neg is not None else None
             self._contain_overflow(layer)
@@ -415,7 +419,7 @@ class OnlineLearner:
             params = None
             if quantized:  # into temporaries: the stream's weight_q, bias_q stay as they are
                 temporaries = (torch.empty_like(layer.weight), torch.empty_like(layer.bias))
-                params = layer.quantize_parameters(self.input_scales()[i], temporaries)
+                params = layer.quantize_parameters(self.input_scale(i), temporaries)
             x = layer.forward_sequence(x, params)
             out.append(x)
         return out

@@ -39,7 +39,7 @@ from edge_clapp.config import FrontendKind
 from edge_clapp.errors import EdgeClappError
 from edge_clapp.layers import ClappLayer
 from edge_clapp.learner import OnlineLearner
-from edge_clapp.quant import BIAS, quantize, weight_bound
+from edge_clapp.quant import quantize
 
 OPSET = 17
 # The int8 graph: opset 21 (IR 10), the first whose QuantizeLinear / DequantizeLinear
@@ -226,11 +226,7 @@ def _int8_layer(
         ],
         "dq_in",
     )
-    bound = weight_bound(layer.quant.weight_bits)
-    w_scales = layer.weight_scales()  # (C,) float32
-    w_codes = torch.round(layer.weight / w_scales[:, None]).clamp_(-bound, bound)
-    b_scales = input_scale * w_scales  # float32, as the learner multiplies them
-    b_codes = torch.round(layer.bias / b_scales).clamp_(*BIAS)
+    w_codes, w_scales, b_codes, b_scales = layer.parameter_codes(input_scale)
     shape = (layer.channels, layer.in_channels, layer.kernel)
     weight = graph.op(
         "DequantizeLinear",
@@ -321,7 +317,7 @@ def build_model(
         )
     for i, layer in enumerate(learner.layers[:count]):
         if int8:
-            x = _int8_layer(graph, x, layer, i, learner.input_scales()[i])  # uint8 codes
+            x = _int8_layer(graph, x, layer, i, learner.input_scale(i))  # uint8 codes
             values = graph.op(
                 "DequantizeLinear",
                 [
@@ -520,7 +516,7 @@ def layer_codes(learner: OnlineLearner, index: int, input_codes: np.ndarray) -> 
     """Layer ``index`` of the learner on the grid, from given input codes (T, C_in) and a
     zero carry: its output codes (T / stride, C) int64."""
     layer = learner.layers[index]
-    scale = learner.input_scales()[index]
+    scale = learner.input_scale(index)
     x = torch.from_numpy(input_codes.astype(np.float32)) * scale
     params = layer.quantize_parameters(
         scale, (torch.empty_like(layer.weight), torch.empty_like(layer.bias))

@@ -29,6 +29,16 @@ _i64 = ctypes.c_int64
 _p = ctypes.c_void_p
 
 
+def codes_buffer(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-bit codes as the uint8 buffer the C kernels read, and whether they are signed
+    (int8; codes in 0..127 read the same either way)."""
+    a = np.asarray(a)
+    signed = int(a.min(initial=0) < 0)
+    return np.ascontiguousarray(
+        a.astype(np.int8 if signed else np.uint8).view(np.uint8)
+    ), signed
+
+
 class KernelBuildError(EdgeClappError):
     """The C kernels could not be compiled."""
 
@@ -104,14 +114,7 @@ class CKernels:
     def _arr(a: np.ndarray, dtype) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(a).astype(dtype, casting="unsafe"))
 
-    @staticmethod
-    def _codes(a: np.ndarray) -> tuple[np.ndarray, int]:
-        """8-bit codes as a uint8 buffer and whether they are signed."""
-        a = np.asarray(a)
-        signed = int(a.min(initial=0) < 0)
-        return np.ascontiguousarray(
-            a.astype(np.int8 if signed else np.uint8).view(np.uint8)
-        ), signed
+    _codes = staticmethod(codes_buffer)
 
     def requantize(self, acc: int, m0: int, sh: int, lo: int, hi: int) -> int:
         return self.lib.ec_requantize(acc, m0, sh, lo, hi)

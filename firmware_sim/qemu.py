@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_clapp.errors import EdgeClappError
-from edge_clapp.firmware_sim.ckernels import C_DIR, _cache_dir
+from edge_clapp.firmware_sim.ckernels import C_DIR, _cache_dir, codes_buffer
 
 M7_DIR = C_DIR / "m7"
 ARM_GCC = "arm-none-eabi-gcc"
@@ -96,33 +96,27 @@ class Case:
     args: tuple
 
 
-def _u8(a) -> bytes:
-    a = np.asarray(a)
-    return (a.astype(np.int8) if a.min(initial=0) < 0 else a.astype(np.uint8)).tobytes()
-
-
 def _encode(case: Case) -> bytes:
     i32 = lambda *v: struct.pack(f"<{len(v)}i", *v)  # noqa: E731
     if case.kind == "calibrate":
         return i32(4, case.args[0])
     if case.kind == "conv":
         x, w, bias, kernel, stride, m0, sh = case.args
-        x = np.asarray(x)
-        signed = int(x.min(initial=0) < 0)
-        head = i32(1, x.shape[0], x.shape[1], w.shape[0], kernel, stride, signed)
-        return (head + _u8(x) + np.asarray(w).astype(np.int8).tobytes()
+        xb, signed = codes_buffer(x)
+        head = i32(1, *np.shape(x), w.shape[0], kernel, stride, signed)
+        return (head + xb.tobytes() + np.asarray(w).astype(np.int8).tobytes()
                 + np.asarray(bias, np.int32).tobytes() + np.asarray(m0, np.int32).tobytes()
                 + np.asarray(sh, np.int32).tobytes())  # fmt: skip
     if case.kind == "update":
         arrays, (x, z, context, candidate, label, valid, threshold), mult, seeds, bound = (
             case.args
         )
-        x = np.asarray(x)
+        xb, signed = codes_buffer(x)
         c, d = arrays["weight"].shape
         k, m = context.shape
         has_retro = arrays.get("retro") is not None
-        head = i32(5, x.shape[0], d, c, k, m, int(x.min(initial=0) < 0), int(has_retro), bound)
-        body = _u8(x) + np.asarray(z).astype(np.uint8).tobytes()
+        head = i32(5, np.shape(x)[0], d, c, k, m, signed, int(has_retro), bound)
+        body = xb.tobytes() + np.asarray(z).astype(np.uint8).tobytes()
         body += arrays["weight"].astype(np.int8).tobytes()
         body += arrays["bias"].astype(np.int32).tobytes()
         body += arrays["pred"].astype(np.int8).tobytes()

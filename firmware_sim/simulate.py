@@ -19,7 +19,7 @@ from edge_clapp.learner import OnlineLearner
 def measure(learner: OnlineLearner) -> dict[str, Any]:
     """Instructions per block of the forward and the fused update of every layer of the
     run's integer twin, counted under QEMU (Cortex-M7), on one block of its own state."""
-    from edge_clapp.firmware_sim.twin import IntegerLearner, _multipliers
+    from edge_clapp.firmware_sim.twin import IntegerLearner
 
     twin = IntegerLearner(learner)
     rng = np.random.default_rng(0)
@@ -35,7 +35,7 @@ def measure(learner: OnlineLearner) -> dict[str, Any]:
         labels.append(("forward", i + 1))
         context, candidate, label, valid = twin._pairs(True)
         data = (layer.x_rows, layer.z, context, candidate, label, valid, layer.threshold)
-        mult = {name: _multipliers(pairs) for name, pairs in layer.mult.items()}
+        mult = layer.multipliers()
         seeds = {"weight": 0, "bias": 0, "pred": 0, "retro": 0}
         cases.append(qemu.Case("update", (layer.arrays(), data, mult, seeds, 127)))
         labels.append(("update", i + 1))

@@ -46,7 +46,6 @@ from edge_clapp.quant import quantize
 
 PRED_HEADROOM = 2.0  # P and R codes may grow to twice the learner's largest value
 INT8_MAX = 127
-INT32_LIMITS = (-(2**31), 2**31 - 1)
 
 
 class TwinError(EdgeClappError):
@@ -83,19 +82,15 @@ class TwinLayer:
         lr = config.rule.lr
         slots = K * F
 
-        in_scale = float(learner.input_scales()[index])
-        out_scale = float(layer.out_scale)
-        w_scale = layer.weight_scales().double().numpy()  # (C,)
-        self.scales = {"input": in_scale, "output": out_scale, "weight": w_scale}
-
         # Weights and bias on the learner's grid (the same codes its forward pass uses).
-        w = layer.weight.double().numpy()
-        self.weight = np.clip(np.round(w / w_scale[:, None]), -INT8_MAX, INT8_MAX)
-        self.weight = self.weight.astype(np.int64)
-        bias_scale = in_scale * w_scale
-        self.bias = np.clip(
-            np.round(layer.bias.double().numpy() / bias_scale), *INT32_LIMITS
-        ).astype(np.int64)
+        input_scale = learner.input_scale(index)
+        w_codes, w_scales, b_codes, _ = layer.parameter_codes(input_scale)
+        self.weight = w_codes.numpy().astype(np.int64)
+        self.bias = b_codes.numpy().astype(np.int64)
+        in_scale = float(input_scale)
+        out_scale = float(layer.out_scale)
+        w_scale = w_scales.double().numpy()  # (C,)
+        self.scales = {"input": in_scale, "output": out_scale, "weight": w_scale}
         forward = [fixed_multiplier(in_scale * s / out_scale) for s in w_scale]
         self.fwd_m0 = np.array([m for m, _ in forward], dtype=np.int64)
         self.fwd_sh = np.array([s for _, s in forward], dtype=np.int64)
@@ -150,12 +145,16 @@ class TwinLayer:
             out["retro"] = self.retro
         return out
 
-
-def _multipliers(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    return (
-        np.array([m for m, _ in pairs], dtype=np.int64),
-        np.array([s for _, s in pairs], dtype=np.int64),
-    )
+    def multipliers(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The update multipliers as (m0, sh) arrays: weight and bias one per output
+        channel, pred one (for P and R), as ``clapp_update`` takes them."""
+        return {
+            name: (
+                np.array([m for m, _ in pairs], dtype=np.int64),
+                np.array([s for _, s in pairs], dtype=np.int64),
+            )
+            for name, pairs in self.mult.items()
+        }
 
 
 class IntegerLearner:
@@ -302,7 +301,7 @@ class IntegerLearner:
         b = self.shadow_bits
         arrays = layer.arrays()
         seeds = {name: self._seed(a.size) for name, a in arrays.items()}
-        mult = {name: _multipliers(pairs) for name, pairs in layer.mult.items()}
+        mult = layer.multipliers()
         if b == 0:
             for name, value in clapp_update(arrays, acc, mult, seeds).items():
                 setattr(layer, name, value)

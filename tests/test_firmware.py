@@ -186,8 +186,7 @@ def _twin_update_case(twin, layer):
     """The twin layer's arrays, its workspace and pairs, its multipliers: one real update."""
     context, candidate, label, valid = twin._pairs(True)
     data = (layer.x_rows, layer.z, context, candidate, label, valid, layer.threshold)
-    mult = {name: tuple(np.array(v) for v in zip(*pairs, strict=True))
-            for name, pairs in layer.mult.items()}  # fmt: skip
+    mult = layer.multipliers()
     seeds = {"weight": 1, "bias": 50_000, "pred": 60_000, "retro": 80_000}
     return layer.arrays(), data, mult, seeds
 

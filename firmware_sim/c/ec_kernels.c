@@ -107,6 +107,21 @@ static int64_t round_one(int64_t acc, int32_t m0, int32_t sh, uint64_t counter) 
     return floor_shift(product + noise, bits);
 }
 
+/* One hinge branch of a pair: row = m a (the dendrite), score = b . row; returns the
+ * signed gate y * [y * score < threshold] * valid and counts an open gate of a valid pair. */
+static int64_t hinge_branch(const int8_t *m, int32_t c, const uint8_t *a, const uint8_t *b,
+                            int64_t y, int64_t v, int64_t threshold, int64_t *row,
+                            int64_t *open) {
+    int64_t score = 0;
+    for (int32_t i = 0; i < c; i++) {
+        row[i] = mat_row_dot(m, c, i, a);
+        score += (int64_t)b[i] * row[i];
+    }
+    int64_t gate = y * score < threshold ? 1 : 0;
+    *open += gate * v;
+    return y * gate * v;
+}
+
 int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frames, int32_t d,
                         const uint8_t *z, int32_t c, int8_t *w, int32_t *bias, int8_t *pred,
                         int8_t *retro, int32_t k_offsets, int32_t m_pairs,
@@ -131,15 +146,8 @@ int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frame
             const uint8_t *ctx = z + (size_t)context[km] * c;
             const uint8_t *cand = z + (size_t)candidate[km] * c;
             int64_t y = label[km], v = valid[km];
-            int64_t score = 0;
-            for (int32_t i = 0; i < c; i++) {
-                row[i] = mat_row_dot(p, c, i, ctx);
-                score += (int64_t)cand[i] * row[i];
-            }
-            int64_t gate = y * score < threshold[k] ? 1 : 0;
-            int64_t t = y * gate * v;
+            int64_t t = hinge_branch(p, c, ctx, cand, y, v, threshold[k], row, &open);
             third_p[km] = (int8_t)t;
-            open += gate * v;
             if (t != 0) {
                 int64_t *e = err + (size_t)candidate[km] * c;
                 for (int32_t i = 0; i < c; i++) e[i] += t * row[i];
@@ -152,15 +160,8 @@ int64_t ec_clapp_update(const uint8_t *x_rows, int32_t x_signed, int32_t n_frame
                 }
                 continue;
             }
-            int64_t score_r = 0;
-            for (int32_t i = 0; i < c; i++) {
-                row[i] = mat_row_dot(r, c, i, cand);
-                score_r += (int64_t)ctx[i] * row[i];
-            }
-            int64_t gate_r = y * score_r < threshold[k] ? 1 : 0;
-            int64_t tr = y * gate_r * v;
+            int64_t tr = hinge_branch(r, c, cand, ctx, y, v, threshold[k], row, &open);
             third_r[km] = (int8_t)tr;
-            open += gate_r * v;
             if (tr != 0) {
                 int64_t *e = err + (size_t)context[km] * c;
                 for (int32_t i = 0; i < c; i++) e[i] += tr * row[i];
