@@ -4,13 +4,13 @@
 
 Both learners stream the same klettres speech (training split, 16 kHz, in blocks) from
 the same initial state. The explicit learner is edge_clapp's: the rule's updates are
-written out (edge_clapp.rule.clapp_step). The baseline replaces only that function by an
-autograd one: it re-runs the layer's forward with a graph (an autograd learner needs
-one), builds the same two-hinge loss and calls backward; everything else (front end,
-pairs, replay, rings) is shared code. Printed: audio seconds per wall second (x real
-time) of each, their ratio, and the largest relative difference of the weights after one
-block and at the end, which shows that the two did the same work. Runs alternate, best of
---repeats.
+written out (edge_clapp.rule.clapp_step). The baseline (edge_clapp.baselines.
+AutogradLearner) replaces only that function by an autograd one: it re-runs the layer's
+forward with a graph (an autograd learner needs one), builds the same two-hinge loss and
+takes its gradient; everything else (front end, pairs, replay, rings) is shared code.
+Printed: audio seconds per wall second (x real time) of each, their ratio, and the
+largest relative difference of the weights after one block and at the end, which shows
+that the two did the same work. Runs alternate, best of --repeats.
 """
 
 from __future__ import annotations
@@ -21,52 +21,10 @@ import time
 import numpy as np
 import torch
 
-import edge_clapp.learner as learner_module
+from edge_clapp.baselines import AutogradLearner
 from edge_clapp.config import PRESETS, resolve_config
 from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
 from edge_clapp.learner import OnlineLearner
-from edge_clapp.rule import RuleStep, clapp_step, pool_frames
-
-
-def autograd_step(layer_of, x_rows, z_rows, g, pred, retro, pairs, s=1.0) -> RuleStep:
-    """The rule through autograd: same inputs and outputs as ``clapp_step`` (``s``: the
-    layer's score scale)."""
-    layer = layer_of[x_rows.data_ptr()]
-    with torch.enable_grad():
-        weight = layer.weight.clone().requires_grad_(True)
-        bias = layer.bias.clone().requires_grad_(True)
-        p = pred.clone().requires_grad_(True)
-        r = retro.clone().requires_grad_(True) if retro is not None else None
-        z = torch.addmm(bias, x_rows, weight.t()).relu()  # (N*g, C), with a graph
-        zhat = pool_frames(z, g)
-        ctx, cand = zhat[pairs.context], zhat[pairs.candidate]  # (K, M, C)
-        y, w = pairs.label, pairs.weight
-        if r is None:
-            score = s * torch.einsum("kmc,kcd,kmd->km", cand, p, ctx)
-            hinge = torch.relu(1 - y * score)
-            loss = (w * hinge).sum()
-        else:
-            score = s * torch.einsum("kmc,kcd,kmd->km", cand, p, ctx.detach())
-            score_r = s * torch.einsum("kmc,kcd,kmd->km", ctx, r, cand.detach())
-            hinge = torch.relu(1 - y * score)
-            loss = (w * hinge).sum() + (w * torch.relu(1 - y * score_r)).sum()
-        params = [weight, bias, p] + ([r] if r is not None else [])
-        grads = torch.autograd.grad(loss, params)
-    with torch.no_grad():
-        used = w > 0
-        pos, neg = used & (y > 0), used & (y < 0)
-        return RuleStep(
-            weight=-grads[0],
-            bias=-grads[1],
-            pred=-grads[2],
-            retro=-grads[3] if r is not None else None,
-            loss=loss.detach(),
-            pos_score=score.detach()[pos].sum(),
-            pos_count=pos.sum(),
-            neg_score=score.detach()[neg].sum(),
-            neg_count=neg.sum(),
-            gate_open=(used & (hinge.detach() > 0)).sum(),
-        )
 
 
 def stream(learner: OnlineLearner, blocks: list[tuple[np.ndarray, list[int]]]) -> float:
@@ -110,14 +68,8 @@ def main() -> None:
     )
 
     def run(name: str, some_blocks) -> tuple[OnlineLearner, float]:
-        learner = OnlineLearner(config)
-        if name == "autograd":
-            layer_of = {layer.x_rows.data_ptr(): layer for layer in learner.layers}
-            learner_module.clapp_step = lambda *a, m=layer_of: autograd_step(m, *a)
-        try:
-            return learner, stream(learner, some_blocks)
-        finally:
-            learner_module.clapp_step = clapp_step
+        learner = (AutogradLearner if name == "autograd" else OnlineLearner)(config)
+        return learner, stream(learner, some_blocks)
 
     best = {"explicit": float("inf"), "autograd": float("inf")}
     finals: dict[str, OnlineLearner] = {}

@@ -86,6 +86,13 @@ class Counters:
     overflows: int = 0
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every element is finite. Fast path, one pass: the sum is finite only if
+    every element is (an inf or a NaN propagates). A non-finite sum may also be an
+    overflow of finite elements, so that case is settled element by element."""
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _warn_sparingly(count: int, message: str) -> None:
     """Logs ``message % count`` at the 1st, 10th, 100th... occurrence: no flood."""
     if math.log10(count).is_integer():
@@ -216,8 +223,8 @@ class OnlineLearner:
     def _admit(self, samples: torch.Tensor) -> bool:
         """Copy a block into the learner's buffer; refuse it if any sample is non-finite."""
         c = self.counters
-        finite = torch.isfinite(samples)
-        if not bool(finite.all()):
+        if not all_finite(samples):
+            finite = torch.isfinite(samples)
             c.nonfinite_samples += int((~finite).sum())
             c.blocks_skipped_nonfinite += 1
             self.pending_boundary = True  # the stream is broken here
@@ -329,15 +336,7 @@ class OnlineLearner:
             z = layer.forward_block(x, observe=observe)
             z_neg = layer.forward_negative(x_neg) if x_neg is not None else None
             self._contain_overflow(layer)
-            update = clapp_step(
-                layer.x_rows,
-                layer.z_rows,
-                layer.g,
-                layer.pred,
-                layer.retro,
-                pairs,
-                self.score_scales[i],
-            )
+            update = self._rule_step(i, layer, pairs)
             self._apply(layer, update, lr)
             self.meters[i].add(update, pairs_used)
             self.interval[i].add(update, pairs_used)
@@ -352,12 +351,24 @@ class OnlineLearner:
         c.blocks_learned += 1
         return True
 
+    def _rule_step(self, index: int, layer: ClappLayer, pairs: Pairs) -> RuleStep:
+        """The rule's update for one layer from its workspace (explicit, no autograd)."""
+        return clapp_step(
+            layer.x_rows,
+            layer.z_rows,
+            layer.g,
+            layer.pred,
+            layer.retro,
+            pairs,
+            self.score_scales[index],
+        )
+
     def _contain_overflow(self, layer: ClappLayer) -> None:
         """Zeroes activations that overflowed, so that they never enter the rings, the
         carries or the next layer; the state stays finite and checkpoints loadable.
 
         Only weights grown far too large (a learning rate too high) overflow here."""
-        if bool(torch.isfinite(layer.z_rows).all()):
+        if all_finite(layer.z_rows):
             return
         layer.z_rows.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         self.counters.activations_overflowed += 1
@@ -378,7 +389,7 @@ class OnlineLearner:
             pairs.append((layer.retro, update.retro))
         # The sum is checked, not only the update: a finite step can still overflow.
         updated = [torch.add(param, delta, alpha=lr) for param, delta in pairs]
-        if all(bool(torch.isfinite(u).all()) for u in updated):
+        if all(all_finite(u) for u in updated):
             for (param, _), new in zip(pairs, updated, strict=True):
                 param.copy_(new)
             return

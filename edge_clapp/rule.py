@@ -13,7 +13,7 @@ gradient of the loss below, in float64 (tests/test_rule.py). For one (context c,
 z', label y) pair at offset k the loss is
 
     CLAPP-s:  max(0, 1 - y s z'^T P_k c)
-    CLAPP:    max(0, 1 - y s z'^T P_k sg(c)) + max(0, 1 - y s sg(c)^T R_k z')   (sg:
+    CLAPP:    max(0, 1 - y s z'^T P_k sg(c)) + max(0, 1 - y s c^T R_k sg(z'))   (sg:
               detached in the first term the context, in the second the candidate)
 
 with ``s`` the layer's score scale (1 unless configured)
