@@ -210,6 +210,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     config = resolve_config(args.preset, overrides={"seed": 0})
+    window = 128 * config.frame_seconds  # backprop-b8's window
+    if args.blocks * config.block_seconds < window:
+        parser.error(
+            f"--blocks {args.blocks} gives {args.blocks * config.block_seconds:g} s of audio: "
+            f"backprop-b8 needs at least one {window:g} s window"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         blocks_path = os.path.join(tmp, "blocks.npy")
         blocks = speech_blocks(config.block_samples, args.blocks)
