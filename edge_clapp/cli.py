@@ -17,6 +17,7 @@ from typing import Any
 from edge_clapp import __version__
 from edge_clapp.config import PRESETS, resolve_config
 from edge_clapp.errors import CheckpointError, EdgeClappError, SourceError
+from edge_clapp.speech_corpus import add_data_parser, run_data_command
 
 log = logging.getLogger("edge_clapp")
 
@@ -116,6 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="count the C kernels' instructions under QEMU (needs a --quant mcu-kind run)",
     )
 
+    probe = sub.add_parser(
+        "probe",
+        help="linear probe on a run's frozen features: phoneme, word, speaker or language",
+    )
+    probe.add_argument("checkpoint", metavar="RUN", help="a run folder or its checkpoint/")
+    probe.add_argument(
+        "--data", metavar="DIR", required=True, help="corpus from `edge-clapp data speech`"
+    )
+    probe.add_argument(
+        "--task", required=True, choices=["phoneme", "word", "speaker", "language"]
+    )
+    probe.add_argument(
+        "--layer", type=int, metavar="N", help="probe layer N only (default: every layer)"
+    )
+    probe.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    probe.add_argument("--seed", type=int, default=0, help="probe initialisation and sampling")
+    probe.add_argument("--quiet", action="store_true", help="no progress bar")
+
     demo = sub.add_parser(
         "demo", help="learn from klettres-data speech and probe the language of held-out files"
     )
@@ -127,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--quant", action="store_true", help="quantisation-aware learning (int8 forward pass)"
     )
+    add_data_parser(sub)
     return parser
 
 
@@ -345,6 +365,52 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from edge_clapp.checkpoint import load_checkpoint
+    from edge_clapp.probe import encode_utterances, probe_task, task_split
+    from edge_clapp.session import write_json
+    from edge_clapp.speech_corpus import load_corpus
+
+    corpus = load_corpus(Path(args.data))
+    learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
+    layers = None
+    if args.layer is not None:
+        if not 1 <= args.layer <= len(learner.layers):
+            raise EdgeClappError(
+                f"--layer {args.layer}: the run has layers 1..{len(learner.layers)}"
+            )
+        layers = [args.layer]
+    train, test = task_split(corpus, args.task)
+    encoded = encode_utterances(learner, train + test, show_progress=not args.quiet)
+    results = probe_task(learner.config, encoded, train, test, args.task, layers, args.seed)
+    unit = "frames" if args.task == "phoneme" else "recordings"
+    print(
+        f"{args.task} probe (linear, frozen features) on {args.checkpoint}: "
+        f"{results[0]['classes']} classes, {results[0]['train_count']:,} train / "
+        f"{results[0]['test_count']:,} held-out {unit}"
+    )
+    print(f"{'layer':>5}  {'accuracy':>8}  {'chance':>6}")
+    for r in results:
+        print(f"{r['layer']:>5}  {r['accuracy']:>8.3f}  {r['chance']:>6.3f}")
+    if results[0]["test_dropped_unseen"]:
+        print(
+            f"({results[0]['test_dropped_unseen']:,} held-out frames dropped: their phoneme "
+            "never occurs in the training split)"
+        )
+    if args.json:
+        write_json(
+            Path(args.json),
+            {
+                "task": args.task,
+                "checkpoint": str(args.checkpoint),
+                "data": str(args.data),
+                "blocks_learned": learner.counters.blocks_learned,
+                "layers": results,
+            },
+        )
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from edge_clapp.checkpoint import load_checkpoint
     from edge_clapp.firmware_sim import budget
@@ -403,7 +469,9 @@ COMMANDS = {
     "devices": _cmd_devices,
     "export": _cmd_export,
     "simulate": _cmd_simulate,
+    "probe": _cmd_probe,
     "demo": _cmd_demo,
+    "data": run_data_command,
 }
 
 

@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 
 # libasound2-plugins: the ALSA `pulse` device through which PortAudio (ALSA only in
 # Debian's build) reaches PulseAudio; pulseaudio depends on it, named here as it is used.
+# espeak-ng, libespeak-ng1 (libespeak-ng.so.1, called through ctypes) and flite: the
+# synthesisers of `edge-clapp data speech`.
 DEBIAN_PACKAGES=(libportaudio2 libasound2-plugins libsndfile1 pulseaudio pulseaudio-utils
-    klettres-data gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+    klettres-data gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+    espeak-ng libespeak-ng1 flite)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

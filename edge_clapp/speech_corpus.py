@@ -1,0 +1,915 @@
+"""A labelled speech corpus, built once into a folder and reused while its recipe holds.
+
+Two parts:
+
+- ``synth``: the same words said by many synthetic speakers, espeak-ng voices × variants
+  and flite voices, each utterance at its own rate and pitch drawn from the seed. Audio is
+  16 kHz mono 16-bit WAV under ``DIR/audio/``. Phoneme labels come from the synthesiser
+  itself: libespeak-ng's phoneme events (through ctypes, from the same synthesis as the
+  samples) and flite's ``-psdur`` end times. Split by speaker: about a quarter of each
+  synthesiser's speakers are ``test`` and never appear in ``train``.
+- ``klettres``: Debian's klettres-data recordings (real people, 20 languages), referenced
+  where they lie, with their language and the fixed split of ``edge_clapp.corpus``.
+
+``DIR/manifest.json`` holds the recipe (everything that determines the corpus), its
+hash, totals, label sets and one entry per utterance with the sha256 of its file. A
+build is skipped while the recipe hash and every file hash still match. A new build is
+written beside the old one (``DIR/.building-<pid>``) and swapped in at the end;
+``DIR/.speech-corpus.lock`` marks the folder as a corpus and keeps builds one at a time.
+
+Phoneme lists are ``[name, start_s, end_s]`` rows that tile the whole audio; pauses are
+``sil``. espeak and flite name phonemes differently (``phoneme_set``); nothing maps one
+onto the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import soundfile
+import soxr
+from tqdm import tqdm
+
+from edge_clapp.corpus import (
+    KLETTRES_ROOT,
+    Recording,
+    klettres_recordings,
+    read_mono,
+    split_recordings,
+)
+from edge_clapp.errors import ConfigError, EdgeClappError, SourceError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SAMPLE_RATE = 16000
+SILENCE = "sil"
+CORPORA = ("synth", "klettres")
+SPLITS = ("train", "test")
+
+WORDS = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
+    "house", "tree", "happy", "bird", "dog", "cat", "learn", "follow", "forward", "backward",
+)  # fmt: skip
+
+# "en" is espeak-ng's British English: the library does not know the name "en-gb" (the
+# command line falls back to a search by language, espeak_SetVoiceByName does not).
+ESPEAK_VOICES = ("en-us", "en", "en-gb-scotland", "en-029", "en-us-nyc")
+ESPEAK_VARIANTS = ("m1", "m2", "m3", "m5", "m7", "f1", "f2", "f4")
+ESPEAK_RATE_WPM = (125, 205)  # espeakRATE, as -s
+ESPEAK_PITCH = (30, 70)  # espeakPITCH 0..100, as -p; relative to the variant's own range
+FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+FLITE_DURATION_STRETCH = (0.8, 1.25)  # > 1 is slower
+# int_f0_target_mean in Hz, around each voice's own register. rms ignores it (measured
+# with flite 2.2: identical samples for 80 and 160 Hz); its pitch label is then nominal.
+FLITE_F0_HZ = {
+    "kal": (90, 130),
+    "kal16": (90, 130),
+    "awb": (85, 125),
+    "rms": (85, 125),
+    "slt": (150, 200),
+}
+TEST_FRACTION = 0.25
+KLETTRES_HELD_OUT_EVERY = 4
+MIN_SPEAKERS = 4  # one train and one test speaker per synthesiser
+
+LABEL_UNITS = {
+    "espeak-ng": {"rate": "words per minute (-s)", "pitch": "0..100 (-p)"},
+    "flite": {"rate": "duration_stretch (>1 slower)", "pitch": "int_f0_target_mean, Hz"},
+}
+SETUP_HINT = "run `bash scripts/setup.sh` (it installs espeak-ng and flite)"
+
+
+@dataclass(frozen=True)
+class SpeechRecipe:
+    """What to build; the defaults are the default corpus (45 speakers × 30 words × 3).
+
+    seed:         draws the split and every utterance's rate and pitch (>= 0)
+    repeats:      utterances per word and speaker, each with its own rate and pitch
+    max_speakers: keep this many speakers, spread over both synthesisers (None: all)
+    words:        the first N words of ``WORDS`` (None: all)
+    klettres:     reference klettres-data's recordings too
+    """
+
+    seed: int = 0
+    repeats: int = 3
+    max_speakers: int | None = None
+    words: int | None = None
+    klettres: bool = True
+
+    def __post_init__(self) -> None:
+        total = len(ESPEAK_VOICES) * len(ESPEAK_VARIANTS) + len(FLITE_VOICES)
+        checks = [
+            ("seed", self.seed, 0, None),
+            ("repeats", self.repeats, 1, 100),
+            ("max_speakers", self.max_speakers, MIN_SPEAKERS, total),
+            ("words", self.words, 1, len(WORDS)),
+        ]
+        for name, value, low, high in checks:
+            if value is None and name in ("max_speakers", "words"):
+                continue
+            if type(value) is not int or value < low or (high is not None and value > high):
+                allowed = f"an integer >= {low}" if high is None else f"{low}..{high}"
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{name} ({flag}) = {value!r} is not allowed: use {allowed}")
+        if not isinstance(self.klettres, bool):
+            raise ConfigError(f"klettres = {self.klettres!r} must be True or False")
+
+
+# ---------------------------------------------------------------------------------------
+# The plan: speakers, split and per-utterance parameters, all drawn from the seed.
+
+
+def _all_speakers() -> list[tuple[str, str]]:
+    """(synthesiser, voice) for every speaker, in a fixed order."""
+    espeak = [("espeak-ng", f"{v}+{x}") for v in ESPEAK_VOICES for x in ESPEAK_VARIANTS]
+    return espeak + [("flite", v) for v in FLITE_VOICES]
+
+
+def _speaker_label(synthesiser: str, voice: str) -> str:
+    return f"{'espeak' if synthesiser == 'espeak-ng' else 'flite'}:{voice}"
+
+
+def _select_speakers(max_speakers: int | None) -> list[tuple[int, str, str]]:
+    """(index in the full list, synthesiser, voice); a cap keeps each synthesiser's share
+    (two at least, for a train and a test speaker) spread evenly over its list."""
+    everyone = list(enumerate(_all_speakers()))
+    if max_speakers is None:
+        return [(i, s, v) for i, (s, v) in everyone]
+    espeak = [(i, s, v) for i, (s, v) in everyone if s == "espeak-ng"]
+    flite = [(i, s, v) for i, (s, v) in everyone if s == "flite"]
+    n_flite = min(len(flite), max(2, round(max_speakers * len(flite) / len(everyone))))
+    chosen = []
+    for group, n in ((espeak, max_speakers - n_flite), (flite, n_flite)):
+        picks = np.linspace(0, len(group) - 1, n).round().astype(int)  # n distinct, n <= len
+        chosen += [group[k] for k in picks]
+    return chosen
+
+
+def _test_speakers(speakers: list[tuple[int, str, str]], seed: int) -> set[int]:
+    """Indices of the held-out speakers: a quarter of each synthesiser's, one at least."""
+    rng = np.random.default_rng([seed, 0])
+    held_out: set[int] = set()
+    for synthesiser in ("espeak-ng", "flite"):
+        group = [i for i, s, _ in speakers if s == synthesiser]
+        n_test = min(len(group) - 1, max(1, round(len(group) * TEST_FRACTION)))
+        held_out.update(int(i) for i in rng.choice(group, n_test, replace=False))
+    return held_out
+
+
+def _draw_parameters(synthesiser: str, voice: str, rng: np.random.Generator) -> tuple:
+    """(rate, pitch) of one utterance; units in ``LABEL_UNITS``."""
+    if synthesiser == "espeak-ng":
+        rate = int(rng.integers(ESPEAK_RATE_WPM[0], ESPEAK_RATE_WPM[1] + 1))
+        return rate, int(rng.integers(ESPEAK_PITCH[0], ESPEAK_PITCH[1] + 1))
+    stretch = round(float(rng.uniform(*FLITE_DURATION_STRETCH)), 3)
+    low, high = FLITE_F0_HZ[voice]
+    return stretch, int(rng.integers(low, high + 1))
+
+
+def _plan(recipe: SpeechRecipe, out_root: Path) -> list[dict[str, Any]]:
+    """One task per speaker: its utterances in order, with their parameters and split."""
+    words = WORDS[: recipe.words]
+    speakers = _select_speakers(recipe.max_speakers)
+    held_out = _test_speakers(speakers, recipe.seed)
+    tasks = []
+    for index, synthesiser, voice in speakers:
+        rng = np.random.default_rng([recipe.seed, 1, index])
+        label = _speaker_label(synthesiser, voice)
+        folder = label.replace(":", "_")
+        items = []
+        for word in words:
+            for repeat in range(recipe.repeats):
+                rate, pitch = _draw_parameters(synthesiser, voice, rng)
+                items.append((word, repeat, rate, pitch, f"audio/{folder}/{word}_{repeat}.wav"))
+        tasks.append(
+            {
+                "synthesiser": synthesiser,
+                "voice": voice,
+                "speaker": label,
+                "split": "test" if index in held_out else "train",
+                "root": str(out_root),
+                "items": items,
+            }
+        )
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------
+# espeak-ng through its library: samples and phoneme events from one synthesis.
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_PHONEME_EVENTS = 0x0001
+_INITIALIZE_DONT_EXIT = 0x8000  # without it a missing data folder ends the process
+_EVENT_LIST_TERMINATED, _EVENT_PHONEME = 0, 7
+_POS_CHARACTER, _CHARS_UTF8 = 1, 1
+_PARAM_RATE, _PARAM_PITCH = 1, 3
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [
+        ("number", ctypes.c_int),
+        ("name", ctypes.c_char_p),
+        ("string", ctypes.c_char * 8),  # phoneme mnemonic, NUL-terminated unless 8 long
+    ]
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT of speak_lib.h (1.51): 40 bytes on x86-64, ``id`` at offset 32."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # ms from the start of this synthesis
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
+
+class _Voice(ctypes.Structure):
+    """The leading fields of espeak_VOICE (the rest is not read)."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_char_p),
+        ("identifier", ctypes.c_char_p),
+    ]
+
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """One synthesised utterance at the synthesiser's own rate.
+
+    samples: int16 [N]; events: (name, seconds) as the synthesiser reported them, espeak
+    phoneme starts or flite phone ends; phonemes: [name, start, end] rows tiling the audio.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    events: tuple[tuple[str, float], ...]
+    phonemes: list[list]
+
+
+@cache
+def _espeak_library() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL("libespeak-ng.so.1")
+    except OSError:
+        raise SourceError(f"libespeak-ng.so.1 is not installed: {SETUP_HINT}") from None
+    lib.espeak_Info.restype = ctypes.c_char_p
+    lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
+    return lib
+
+
+def espeak_version() -> str:
+    return _espeak_library().espeak_Info(None).decode()
+
+
+class _EspeakEngine:
+    """libespeak-ng in synchronous mode. The library is one global state per process,
+    and that state carries over from one synthesis to the next (the same call gives
+    other samples after other calls), so a corpus build uses a fresh process per speaker.
+    """
+
+    def __init__(self) -> None:
+        self.lib = _espeak_library()
+        options = _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT
+        self.sample_rate = self.lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, None, options
+        )
+        if self.sample_rate <= 0:
+            raise SourceError(f"libespeak-ng cannot start (no voice data?): {SETUP_HINT}")
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[str, float]] = []
+        self._callback = _SynthCallback(self._receive)  # kept alive as long as the engine
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    def _receive(self, wav, count, events) -> int:
+        if wav and count > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            event = events[i]
+            if event.type == _EVENT_PHONEME:
+                raw = ctypes.string_at(ctypes.addressof(event.id), 8).split(b"\0")[0]
+                name = raw.decode("utf-8", "replace")
+                self._events.append((name, event.audio_position / 1e3))
+            i += 1
+        return 0  # go on
+
+    def synthesise(self, text: str, voice: str, rate: int, pitch: int) -> Synthesis:
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise SourceError(f"espeak-ng has no voice {voice!r} (see espeak-ng --voices=en)")
+        # An unknown +variant is ignored without an error: check that it was taken.
+        identifier = self.lib.espeak_GetCurrentVoice().contents.identifier or b""
+        if "+" in voice and not identifier.decode().endswith("+" + voice.split("+", 1)[1]):
+            raise SourceError(f"espeak-ng has no variant for {voice!r} (got {identifier!r})")
+        self.lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
+        self.lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
+
+        self._chunks, self._events = [], []
+        data = text.encode() + b"\0"
+        status = self.lib.espeak_Synth(
+            data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+        )
+        if status != 0 or self.lib.espeak_Synchronize() != 0:
+            raise SourceError(f"espeak-ng failed on {text!r} with {voice!r} (status {status})")
+        samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        seconds = len(samples) / self.sample_rate
+        marks = [(SILENCE, 0.0)] + [(_espeak_name(n), t) for n, t in self._events]
+        return Synthesis(
+            samples, self.sample_rate, tuple(self._events), _tile(marks, seconds, text)
+        )
+
+
+def _espeak_name(raw: str) -> str:
+    """Stress marks dropped; every pause (``_``, ``_:``, ``_!`` …) is silence."""
+    name = raw.replace("'", "").replace(",", "")
+    return SILENCE if name.startswith("_") else name
+
+
+@cache
+def _espeak_engine() -> _EspeakEngine:
+    return _EspeakEngine()
+
+
+def espeak_synthesise(text: str, voice: str, rate: int, pitch: int) -> Synthesis:
+    """Synthesises with this process's libespeak-ng (rate in wpm, pitch 0..100)."""
+    return _espeak_engine().synthesise(text, voice, rate, pitch)
+
+
+# ---------------------------------------------------------------------------------------
+# flite through its command line: a wav file and the phone end times (-psdur).
+
+_PSDUR_ITEM = re.compile(r"^(\S+):(\d+(?:\.\d+)?)$")
+
+
+def flite_version() -> str:
+    text = _run_flite(["--version"], check=False).stdout  # flite 2.2 exits 1 here
+    found = re.search(r"version:\s*(.+?)\s*(\(|$)", text, re.MULTILINE)
+    return found.group(1) if found else text.strip().splitlines()[-1]
+
+
+def _run_flite(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        result = subprocess.run(["flite", *args], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SourceError(f"flite is not installed: {SETUP_HINT}") from None
+    if check and result.returncode != 0:
+        raise SourceError(f"flite {' '.join(args)} failed: {result.stderr.strip()[:200]}")
+    return result
+
+
+def flite_synthesise(text: str, voice: str, stretch: float, f0: int, wav: Path) -> Synthesis:
+    """Synthesises with flite into ``wav`` (a scratch file, removed afterwards)."""
+    result = _run_flite(
+        ["-voice", voice, "--setf", f"duration_stretch={stretch}",
+         "--setf", f"int_f0_target_mean={f0}", "-psdur", "-t", text, "-o", str(wav)]
+    )  # fmt: skip
+    try:
+        samples, rate = soundfile.read(str(wav), dtype="int16")
+    finally:
+        wav.unlink(missing_ok=True)
+    ends = [m.groups() for m in map(_PSDUR_ITEM.match, result.stdout.split()) if m]
+    if not ends:
+        raise SourceError(f"flite printed no phone times for {text!r}: {result.stdout[:200]!r}")
+    events = tuple((name, float(end)) for name, end in ends)
+    starts = [0.0] + [end for _, end in events[:-1]]
+    marks = [
+        (SILENCE if name == "pau" else name, start)
+        for (name, _), start in zip(events, starts, strict=True)
+    ]
+    return Synthesis(samples, rate, events, _tile(marks, len(samples) / rate, text))
+
+
+def _tile(marks: list[tuple[str, float]], seconds: float, text: str) -> list[list]:
+    """[name, start, end] rows from (name, start) marks: each ends where the next starts,
+    the last at the end of the audio. Empty rows are dropped, touching silences merged."""
+    rows: list[list] = []
+    ends = [start for _, start in marks[1:]] + [seconds]
+    for (name, start), end in zip(marks, ends, strict=True):
+        start, end = min(start, seconds), min(end, seconds)
+        if end <= start:
+            continue
+        if rows and name == SILENCE and rows[-1][0] == SILENCE:
+            rows[-1][2] = end
+        else:
+            rows.append([name, start, end])
+    tiles = bool(rows) and rows[0][1] == 0 and rows[-1][2] == seconds
+    if not tiles or any(a[2] != b[1] for a, b in zip(rows[:-1], rows[1:], strict=True)):
+        raise SourceError(f"phoneme times for {text!r} do not tile its {seconds:.3f} s")
+    if all(name == SILENCE for name, _, _ in rows):
+        raise SourceError(f"the synthesiser produced no phoneme for {text!r}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# One speaker's utterances, written as 16 kHz wav files (runs in a worker process).
+
+
+def _to_corpus_rate(synthesis: Synthesis) -> np.ndarray:
+    """int16 [N] at SAMPLE_RATE: resampled in float, then rounded and clipped."""
+    x = synthesis.samples.astype(np.float64) / 32768.0
+    if synthesis.sample_rate != SAMPLE_RATE:
+        x = soxr.resample(x, synthesis.sample_rate, SAMPLE_RATE)
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _synthesise_speaker(task: dict[str, Any]) -> list[dict[str, Any]]:
+    root = Path(task["root"])
+    entries = []
+    for word, repeat, rate, pitch, relative in task["items"]:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if task["synthesiser"] == "espeak-ng":
+            synthesis = espeak_synthesise(word, task["voice"], rate, pitch)
+        else:
+            scratch = path.with_suffix(".flite.wav")
+            synthesis = flite_synthesise(word, task["voice"], rate, pitch, scratch)
+        samples = _to_corpus_rate(synthesis)
+        seconds = len(samples) / SAMPLE_RATE
+
+        # Resampling moves the end of the audio by less than one source sample: the rows
+        # are tiled again onto the stored length (the starts are unchanged).
+        phonemes = _tile([(n, start) for n, start, _ in synthesis.phonemes], seconds, word)
+        soundfile.write(str(path), samples, SAMPLE_RATE, subtype="PCM_16")
+        entries.append(
+            {
+                "id": f"{task['speaker']}/{word}/{repeat}",
+                "corpus": "synth",
+                "path": relative,
+                "split": task["split"],
+                "seconds": seconds,
+                "sample_rate": SAMPLE_RATE,
+                "sha256": _sha256(path),
+                "labels": {
+                    "word": word,
+                    "speaker": task["speaker"],
+                    "synthesiser": task["synthesiser"],
+                    "rate": rate,
+                    "pitch": pitch,
+                    "phoneme_set": "espeak" if task["synthesiser"] == "espeak-ng" else "flite",
+                    "phonemes": phonemes,
+                },
+            }
+        )
+    return entries
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _klettres_recordings() -> list[Recording]:
+    try:
+        return klettres_recordings(KLETTRES_ROOT)
+    except SourceError:
+        raise SourceError(
+            f"no klettres recordings under {KLETTRES_ROOT}: install Debian's klettres-data "
+            "(`bash scripts/setup.sh` does) or pass --no-klettres"
+        ) from None
+
+
+def _klettres_entries(recordings: list[Recording]) -> list[dict[str, Any]]:
+    train, held_out = split_recordings(recordings, every=KLETTRES_HELD_OUT_EVERY)
+    split = {r.path: "train" for r in train} | {r.path: "test" for r in held_out}
+    entries = []
+    for rec in recordings:
+        info = soundfile.info(str(rec.path))
+        entries.append(
+            {
+                "id": f"klettres:{rec.path.relative_to(KLETTRES_ROOT)}",
+                "corpus": "klettres",
+                "path": str(rec.path),
+                "split": split[rec.path],
+                "seconds": round(info.frames / info.samplerate, 6),
+                "sample_rate": info.samplerate,
+                "sha256": _sha256(rec.path),
+                "labels": {"language": rec.language},
+            }
+        )
+    return entries
+
+
+# ---------------------------------------------------------------------------------------
+# Recipe, manifest and cache.
+
+
+def _recipe_dict(recipe: SpeechRecipe) -> dict[str, Any]:
+    """Everything that determines the corpus (synthesiser versions included)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "seed": recipe.seed,
+        "repeats": recipe.repeats,
+        "max_speakers": recipe.max_speakers,
+        "words": list(WORDS[: recipe.words]),
+        "speakers": [_speaker_label(s, v) for _, s, v in _select_speakers(recipe.max_speakers)],
+        "test_fraction": TEST_FRACTION,
+        "sample_rate": SAMPLE_RATE,
+        "espeak": {
+            "version": espeak_version(),
+            "voices": list(ESPEAK_VOICES),
+            "variants": list(ESPEAK_VARIANTS),
+            "rate_wpm": list(ESPEAK_RATE_WPM),
+            "pitch": list(ESPEAK_PITCH),
+        },
+        "flite": {
+            "version": flite_version(),
+            "voices": list(FLITE_VOICES),
+            "duration_stretch": list(FLITE_DURATION_STRETCH),
+            "f0_hz": {v: list(r) for v, r in FLITE_F0_HZ.items()},
+        },
+        "klettres": (
+            {"root": str(KLETTRES_ROOT), "held_out_every": KLETTRES_HELD_OUT_EVERY}
+            if recipe.klettres
+            else None
+        ),
+    }
+
+
+def _hash_recipe(recipe: dict[str, Any]) -> str:
+    canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _manifest(recipe: dict[str, Any], utterances: list[dict[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, dict[str, dict[str, float]]] = {}
+    for corpus in CORPORA:
+        totals[corpus] = {}
+        for split in (*SPLITS, "all"):
+            chosen = [
+                u for u in utterances if u["corpus"] == corpus and split in ("all", u["split"])
+            ]
+            totals[corpus][split] = {
+                "utterances": len(chosen),
+                "seconds": round(sum(u["seconds"] for u in chosen), 3),
+            }
+    speakers: dict[str, set[str]] = {split: set() for split in SPLITS}
+    phonemes: dict[str, set[str]] = {"espeak": set(), "flite": set()}
+    languages: set[str] = set()
+    for u in utterances:
+        labels = u["labels"]
+        if u["corpus"] == "synth":
+            speakers[u["split"]].add(labels["speaker"])
+            phonemes[labels["phoneme_set"]].update(p[0] for p in labels["phonemes"])
+        else:
+            languages.add(labels["language"])
+    labels = {
+        "words": recipe["words"],
+        "speakers": {split: sorted(names) for split, names in speakers.items()},
+        "phonemes": {name: sorted(names) for name, names in phonemes.items()},
+        "languages": sorted(languages),
+    }
+    return {
+        "format_version": FORMAT_VERSION,
+        "recipe": recipe,
+        "recipe_hash": _hash_recipe(recipe),
+        "label_units": LABEL_UNITS,
+        "totals": totals,
+        "labels": labels,
+        "utterances": utterances,
+    }
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": leaf} for nested dicts, so that a change names the leaf that changed."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _stale_reason(out: Path, recipe: dict[str, Any], klettres: list[Recording]) -> str | None:
+    """Why the corpus in ``out`` cannot be reused, or None when it can."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return "no corpus yet"
+    try:
+        old = json.loads(path.read_text())
+        old_recipe = old["recipe"]
+        files = [(u["corpus"], u["path"], u["sha256"]) for u in old["utterances"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its manifest is unreadable ({exc.__class__.__name__})"
+    if old.get("recipe_hash") != _hash_recipe(recipe) or not isinstance(old_recipe, dict):
+        before, after = _flatten(old_recipe), _flatten(recipe)
+        changed = [
+            f"{key} {_short(before.get(key))} -> {_short(after.get(key))}"
+            for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)
+        ]
+        return "the recipe changed: " + "; ".join(changed or ["(hash only)"])
+    listed = [relative for corpus, relative, _ in files if corpus == "klettres"]
+    if listed != [str(r.path) for r in klettres]:
+        return f"the klettres recordings changed ({len(listed)} listed, {len(klettres)} now)"
+    missing, changed = [], []
+    for _, relative, sha256 in files:
+        file = out / relative
+        if not file.is_file():
+            missing.append(relative)
+        elif _sha256(file) != sha256:
+            changed.append(relative)
+    for kind, paths in (("missing", missing), ("changed since the build", changed)):
+        if paths:
+            shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+            return f"{len(paths)} file(s) {kind}: {shown}"
+    return None
+
+
+def _open_folder(out: Path) -> TextIO:
+    """Creates ``out`` if needed, refuses a folder that is not a corpus, and returns an
+    open lock file that keeps a second build out until it is closed."""
+    lock_path = out / ".speech-corpus.lock"
+    try:
+        if out.exists() and not out.is_dir():
+            raise EdgeClappError(f"--out '{out}' is a file: pass a folder for the corpus")
+        if out.is_dir() and any(out.iterdir()) and not lock_path.exists():
+            raise EdgeClappError(
+                f"'{out}' holds other files and no speech corpus: pass a new or empty folder"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")  # noqa: SIM115 (closed by the caller)
+    except OSError as exc:
+        raise EdgeClappError(
+            f"cannot write the corpus into '{out}' ({exc.strerror or exc}): pass a folder "
+            "you can write to"
+        ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise EdgeClappError(f"another build is writing '{out}': wait for it") from None
+    return lock
+
+
+def _synthesise_all(tasks: list[dict[str, Any]], show_progress: bool) -> list[dict]:
+    """Every speaker in a fresh worker process, two at a time (see _EspeakEngine)."""
+    total = sum(len(t["items"]) for t in tasks)
+    bar = tqdm(
+        total=total, desc="synthesising", unit="utt", file=sys.stderr, disable=not show_progress
+    )
+    done: dict[str, list[dict]] = {}
+    context = multiprocessing.get_context("spawn")
+    workers = max(1, min(2, os.cpu_count() or 1, len(tasks)))
+    try:
+        with context.Pool(workers, maxtasksperchild=1) as pool:
+            for entries in pool.imap_unordered(_synthesise_speaker, tasks):
+                done[entries[0]["labels"]["speaker"]] = entries
+                try:
+                    bar.update(len(entries))
+                except OSError:  # stderr closed: the build goes on without a bar
+                    bar.disable = True
+    finally:
+        try:
+            bar.close()
+        except OSError:
+            pass
+    return [e for t in tasks for e in done[t["speaker"]]]
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build_or_reuse(
+    out: Path, recipe: SpeechRecipe, show_progress: bool = True
+) -> tuple[dict[str, Any], str | None]:
+    """(manifest, why it was built) — the reason is None when the cached corpus held."""
+    out = Path(out)
+    recipe_dict = _recipe_dict(recipe)  # checks that both synthesisers are there
+    recordings = _klettres_recordings() if recipe.klettres else []
+    lock = _open_folder(out)
+    try:
+        reason = _stale_reason(out, recipe_dict, recordings)
+        if reason is None:
+            return json.loads((out / "manifest.json").read_text()), None
+        if reason != "no corpus yet":
+            log.warning("rebuilding the speech corpus in %s: %s", out, reason)
+        klettres = _klettres_entries(recordings)
+
+        # Build beside the old corpus; it stays valid until the swap below.
+        for stale in out.glob(".building-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = out / f".building-{os.getpid()}"
+        scratch.mkdir()
+        try:
+            synth = _synthesise_all(_plan(recipe, scratch), show_progress)
+            manifest = _manifest(recipe_dict, synth + klettres)
+            _write_manifest(scratch / "manifest.json", manifest)
+
+            # Swap: first no manifest, then the new audio, then the new manifest. An
+            # interruption anywhere leaves no manifest that claims a complete corpus.
+            (out / "manifest.json").unlink(missing_ok=True)
+            if (out / "audio").exists():
+                os.replace(out / "audio", scratch / "old-audio")
+            os.replace(scratch / "audio", out / "audio")
+            os.replace(scratch / "manifest.json", out / "manifest.json")
+        except OSError as exc:
+            raise EdgeClappError(
+                f"cannot write the corpus into '{out}' ({exc.strerror or exc})"
+            ) from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return manifest, reason
+    finally:
+        lock.close()
+
+
+def build_speech_corpus(
+    out: Path, recipe: SpeechRecipe, show_progress: bool = True
+) -> dict[str, Any]:
+    """Builds the corpus into ``out`` unless the one there matches ``recipe`` and its files;
+    returns the manifest."""
+    return build_or_reuse(out, recipe, show_progress)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a built corpus.
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One recording. Synthesised ones have word, speaker, synthesiser, phoneme_set and
+    phonemes ((name, start_s, end_s) tiling the audio); klettres ones have language."""
+
+    id: str
+    corpus: str
+    path: Path
+    split: str
+    seconds: float
+    word: str | None = None
+    speaker: str | None = None
+    synthesiser: str | None = None
+    language: str | None = None
+    phoneme_set: str | None = None
+    phonemes: tuple[tuple[str, float, float], ...] = ()
+
+    def audio(self, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        """float32 [N] mono at ``sample_rate``."""
+        return read_mono(self.path, sample_rate)
+
+
+@dataclass(frozen=True)
+class SpeechCorpus:
+    """A built corpus: its folder, its manifest and its utterances."""
+
+    root: Path
+    manifest: dict[str, Any]
+    _items: tuple[Utterance, ...]
+
+    def utterances(self, corpus: str, split: str | None = None) -> list[Utterance]:
+        if corpus not in CORPORA or split not in (*SPLITS, None):
+            raise ValueError(
+                f"corpus {corpus!r}, split {split!r}: use corpus in {CORPORA} and split in "
+                f"{SPLITS} or None"
+            )
+        return [u for u in self._items if u.corpus == corpus and split in (None, u.split)]
+
+
+def load_corpus(dir: Path) -> SpeechCorpus:
+    """The corpus built into ``dir``; SourceError when there is none or it is damaged."""
+    root = Path(dir).absolute()
+    again = f"run `edge-clapp data speech --out {dir}` first"
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise SourceError(f"no speech corpus in '{dir}' (no manifest.json): {again}") from None
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"the manifest in '{dir}' is unreadable ({exc}): {again}") from None
+    try:
+        if manifest["format_version"] != FORMAT_VERSION:
+            raise SourceError(
+                f"the corpus in '{dir}' has format {manifest['format_version']!r}, this "
+                f"version reads {FORMAT_VERSION}: {again}"
+            )
+        if manifest["recipe_hash"] != _hash_recipe(manifest["recipe"]):
+            raise SourceError(f"the manifest in '{dir}' was edited (recipe hash): {again}")
+        items = tuple(_utterance(root, u) for u in manifest["utterances"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SourceError(f"the manifest in '{dir}' is damaged ({exc!r}): {again}") from None
+    missing = [u.path for u in items if not u.path.is_file()]
+    if missing:
+        raise SourceError(
+            f"{len(missing)} file(s) of the corpus in '{dir}' are missing (e.g. {missing[0]}): "
+            f"{again}"
+        )
+    return SpeechCorpus(root, manifest, items)
+
+
+def _utterance(root: Path, entry: dict[str, Any]) -> Utterance:
+    labels = entry["labels"]
+    if entry["corpus"] not in CORPORA or entry["split"] not in SPLITS:
+        raise ValueError(f"{entry['id']}: corpus {entry['corpus']!r}, split {entry['split']!r}")
+    return Utterance(
+        id=entry["id"],
+        corpus=entry["corpus"],
+        path=root / entry["path"],  # an absolute klettres path stays as it is
+        split=entry["split"],
+        seconds=float(entry["seconds"]),
+        word=labels.get("word"),
+        speaker=labels.get("speaker"),
+        synthesiser=labels.get("synthesiser"),
+        language=labels.get("language"),
+        phoneme_set=labels.get("phoneme_set"),
+        phonemes=tuple((str(n), float(s), float(e)) for n, s, e in labels.get("phonemes", ())),
+    )
+
+
+def frame_phonemes(utterance: Utterance, centres_seconds: np.ndarray) -> list[str]:
+    """The phoneme whose [start, end) holds each time [T]; the last one at or after the end,
+    the first one before the start."""
+    if not utterance.phonemes:
+        raise ValueError(f"{utterance.id} has no phoneme labels (only synthesised speech has)")
+    starts = np.array([start for _, start, _ in utterance.phonemes])
+    index = np.searchsorted(starts, np.asarray(centres_seconds, dtype=np.float64), "right") - 1
+    names = [name for name, _, _ in utterance.phonemes]
+    return [names[i] for i in np.clip(index, 0, len(names) - 1)]
+
+
+# ---------------------------------------------------------------------------------------
+# The command: edge-clapp data speech --out DIR.
+
+
+def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="build a labelled corpus (see data speech -h)")
+    kinds = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    speech = kinds.add_parser(
+        "speech",
+        help="synthesised words from many speakers with phoneme times, plus klettres-data",
+    )
+    speech.add_argument("--out", metavar="DIR", required=True, help="corpus folder")
+    speech.add_argument("--seed", type=int, default=0, help="split, rates and pitches")
+    speech.add_argument(
+        "--repeats", type=int, default=SpeechRecipe.repeats, help="per word and speaker"
+    )
+    speech.add_argument("--max-speakers", type=int, metavar="N", help="at most N speakers")
+    speech.add_argument("--words", type=int, metavar="N", help=f"first N of {len(WORDS)} words")
+    speech.add_argument(
+        "--no-klettres", action="store_true", help="leave out the klettres-data recordings"
+    )
+    speech.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_data_command(args: argparse.Namespace) -> int:
+    recipe = SpeechRecipe(
+        seed=args.seed,
+        repeats=args.repeats,
+        max_speakers=args.max_speakers,
+        words=args.words,
+        klettres=not args.no_klettres,
+    )
+    started = time.monotonic()
+    manifest, reason = build_or_reuse(Path(args.out), recipe, show_progress=not args.quiet)
+    totals, labels = manifest["totals"], manifest["labels"]
+    synth, klettres = totals["synth"], totals["klettres"]
+    summary = (
+        f"synth {synth['all']['utterances']:,} utterances ({synth['all']['seconds'] / 60:.1f}"
+        f" min; {len(labels['speakers']['train'])} train / {len(labels['speakers']['test'])}"
+        f" test speakers), klettres {klettres['all']['utterances']:,} recordings "
+        f"({klettres['all']['seconds'] / 60:.1f} min; {klettres['test']['utterances']:,} held"
+        " out)"
+    )
+    head = (
+        f"the speech corpus in {args.out} is up to date"
+        if reason is None
+        else f"built the speech corpus in {args.out} in {time.monotonic() - started:.0f} s"
+    )
+    print(f"{head}: {summary}")  # noqa: T201 (the command's own output)
+    print(f"recipe {manifest['recipe_hash'][:12]}; {Path(args.out) / 'manifest.json'}")  # noqa: T201
+    return 0
