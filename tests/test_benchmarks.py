@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +34,25 @@ def test_benchmark_runs(argv, tmp_path):
     assert "torch" in result.stdout or "explicit" in result.stdout
     if "cost.py" in argv[0]:
         assert "fraction" in result.stdout and (tmp_path / "cost.json").is_file()
+
+
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+    reason="needs espeak-ng and flite: run `bash scripts/setup.sh`",
+)
+def test_speech_eval_runs(tmp_path):
+    data = tmp_path / "speech"
+    build = [sys.executable, "-m", "edge_clapp.cli", "data", "speech", "--out", str(data)]
+    build += ["--max-speakers", "4", "--words", "4", "--repeats", "2", "--quiet"]
+    assert subprocess.run(build, cwd=ROOT, timeout=300).returncode == 0
+    argv = [sys.executable, "benchmarks/speech_eval.py", "--data", str(data), "--quiet"]
+    argv += ["--preset", "tiny", "--max-train-seconds", "20", "--tasks", "word", "speaker"]
+    argv += ["--methods", "random", "clapp", "clapp-s-batch", "--out", str(tmp_path / "eval")]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert list(report["methods"]) == ["random", "clapp", "clapp-s-batch"]
+    for method in report["methods"].values():
+        assert len(method["probe"]["word"]) == 5
+    assert (tmp_path / "eval" / "probes.png").stat().st_size > 0
+    assert (tmp_path / "eval" / "clapp" / "checkpoint").is_dir()

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 from edge_clapp import speech_corpus as sc
+from edge_clapp import synthesis as synth
 from edge_clapp.cli import main
 from edge_clapp.corpus import klettres_recordings, split_recordings
 from edge_clapp.errors import SourceError
@@ -149,9 +150,9 @@ def test_espeak_event_struct_layout():
     # speak_lib.h (1.51): six 4-byte fields, a pointer, then the 8-byte id union.
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         pytest.skip("layout checked for 64-bit platforms")
-    assert ctypes.sizeof(sc._Event) == 40
-    assert sc._Event.id.offset == 32
-    assert sc._Event.audio_position.offset == 16
+    assert ctypes.sizeof(synth._Event) == 40
+    assert synth._Event.id.offset == 32
+    assert synth._Event.audio_position.offset == 16
 
 
 @pytest.mark.parametrize(
@@ -175,7 +176,7 @@ def test_espeak_labels_come_from_its_events(word, voice, rate, pitch):
     assert rows[0][1] == 0 and rows[-1][2] == seconds
     assert all(a[2] == b[1] for a, b in zip(rows[:-1], rows[1:], strict=True))
     assert {start for _, start, _ in rows[1:]} <= set(times)
-    spoken = [sc._espeak_name(n) for n, _ in synthesis.events]
+    spoken = [synth._espeak_name(n) for n, _ in synthesis.events]
     assert [n for n, _, _ in rows if n != "sil"] == [n for n in spoken if n != "sil"]
 
     # Silence rows fall on quiet audio, phoneme rows on loud audio.
