@@ -6,9 +6,13 @@
 Side by side in one run, on the same klettres speech (1 s blocks at the raw preset):
     explicit      edge_clapp's learner (edge_clapp.learner.OnlineLearner), batch 1
     autograd      the same learner with the rule computed by autograd, every layer's input
-                  detached (edge_clapp.baselines.AutogradLearner, the reference code's way)
+                  detached (edge_clapp.baselines.AutogradLearner, the reference code's way);
+                  it runs the learner's forward pass (no graph) and then the layer's
+                  whole workspace again with a graph: one forward more than it would need
+                  if it were written from scratch around autograd
     backprop      end-to-end Hinge-CPC at batch 1 on the same blocks, pairs and negatives,
-                  gradients through every layer (edge_clapp.baselines.BackpropStreamer)
+                  gradients through every layer (edge_clapp.baselines.BackpropStreamer;
+                  the loss on the last layer only, so it has fewer score products)
     backprop-b8   end-to-end Hinge-CPC as the evaluation trains it: Adam, batches of 8
                   windows of 1.28 s (edge_clapp.baselines.train_baseline)
 Each runs in its own process, alternating, best of --repeats. Time: wall seconds per
@@ -66,7 +70,7 @@ def child(method: str, config_json: str, blocks_path: str) -> dict:
         AutogradLearner,
         BackpropStreamer,
         TrainSettings,
-        train_baseline,
+        train_encoder,
     )
     from edge_clapp.config import Config
     from edge_clapp.learner import OnlineLearner
@@ -85,9 +89,10 @@ def child(method: str, config_json: str, blocks_path: str) -> dict:
     exact_peak = _reset_peak()
     before = _status("VmRSS") if exact_peak else _status("VmHWM")
     started = time.perf_counter()
+    missing = 0
     if method == "backprop-b8":
         settings = TrainSettings("hinge-cpc", epochs=1.0, batch=8, window_frames=128)
-        _, losses = train_baseline(config, list(blocks), settings)
+        _, losses = train_encoder(config, list(blocks), settings)
         window = settings.window_frames * config.frontend.frame_hop
         seconds = len(losses) * settings.batch * window / config.frontend.sample_rate
     else:
@@ -100,8 +105,11 @@ def child(method: str, config_json: str, blocks_path: str) -> dict:
         for block in blocks:
             learner.step(block)
         seconds = len(blocks) * config.block_seconds
+        if method == "explicit":
+            missing = learner.counters.negatives_unavailable_blocks
     wall = time.perf_counter() - started
     return {
+        "blocks_without_negatives": missing if method == "explicit" else None,
         "method": method,
         "wall_seconds": wall,
         "audio_seconds": seconds,
@@ -129,10 +137,11 @@ def run_child(method: str, config, blocks_path: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def learner_macs_per_block(config) -> int:
-    """Multiply-accumulates of the explicit learner's matmuls in one block (negatives
-    available): forward of the block and of the replayed block, the weight update over
-    the workspace, and the K x M score, prediction and retrodiction products."""
+def learner_macs_per_block(config) -> tuple[int, int]:
+    """Multiply-accumulates of the explicit learner's matmuls in one block, (with a
+    replayed negative block, without one): forward of the block (and of the replayed
+    block), the weight update over the workspace, and the K x M score, prediction and
+    retrodiction products."""
     from edge_clapp.learner import OnlineLearner
 
     learner = OnlineLearner(config)
@@ -140,13 +149,14 @@ def learner_macs_per_block(config) -> int:
     rule = config.rule
     M = F if rule.schedule is Schedule.EITHER else F * (1 + rule.num_negatives)
     products = 4 if rule.variant is Variant.CLAPP else 3
-    total = 0
+    without = replay = 0
     for layer in learner.layers:
         C, D = layer.weight.shape
-        total += 2 * F * layer.g * C * D  # forward: block + replayed block
-        total += (K + 2 * F) * layer.g * C * D  # weight update over the workspace
-        total += products * K * M * C * C
-    return total
+        without += F * layer.g * C * D  # forward of the block
+        replay += F * layer.g * C * D  # forward of the replayed block
+        without += (K + 2 * F) * layer.g * C * D  # weight update over the workspace
+        without += products * K * M * C * C
+    return without + replay, without
 
 
 def matmul_peak(repeats: int = 10, n: int = 2048) -> float:
@@ -207,6 +217,8 @@ def main() -> None:
     if args.blocks < 2 or args.repeats < 1:
         parser.error("--blocks must be >= 2 and --repeats >= 1")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
     config = resolve_config(args.preset, overrides={"seed": 0})
@@ -242,13 +254,16 @@ def main() -> None:
         if not ref["peak_exact"]:
             print("note: clear_refs unavailable; peaks include the process's start-up peak")
 
-        macs = learner_macs_per_block(config)
-        rate = macs / (ref["seconds_per_audio_second"] * config.block_seconds)
+        with_negatives, without = learner_macs_per_block(config)
+        missing = ref["blocks_without_negatives"]
+        macs = (args.blocks - missing) * with_negatives + missing * without
+        rate = macs / (ref["seconds_per_audio_second"] * args.blocks * config.block_seconds)
         peak = matmul_peak()
         print(
-            f"explicit learner: {macs / 1e6:.0f} M MAC per block, {rate / 1e9:.2f} G MAC/s "
-            f"achieved; 2048x2048 float32 matmul peak {peak / 1e9:.2f} G MAC/s; "
-            f"fraction {rate / peak:.1%}"
+            f"explicit learner: {with_negatives / 1e6:.0f} M MAC per block ({missing} of "
+            f"{args.blocks} blocks without a replayed block: {without / 1e6:.0f} M), "
+            f"{rate / 1e9:.2f} G MAC/s achieved; 2048x2048 float32 matmul peak "
+            f"{peak / 1e9:.2f} G MAC/s; fraction {rate / peak:.1%}"
         )
         report = {
             "preset": args.preset,
@@ -256,7 +271,9 @@ def main() -> None:
             "block_seconds": config.block_seconds,
             "threads": torch.get_num_threads(),
             "methods": best,
-            "macs_per_block": macs,
+            "macs_per_block": with_negatives,
+            "macs_per_block_without_negatives": without,
+            "macs": macs,
             "achieved_mac_per_second": rate,
             "matmul_peak_mac_per_second": peak,
             "fraction_of_peak": rate / peak,

@@ -88,15 +88,21 @@ def main() -> None:
     parser.add_argument("--data", default="runs/speech")
     parser.add_argument("--preset", default="raw", choices=sorted(PRESETS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the audio")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the audio")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--out", default="runs/speech-eval")
     parser.add_argument("--max-train-seconds", type=float, help="learn from less audio")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error("--epochs must be 1 or more")
+    if args.max_train_seconds is not None and not 0 < args.max_train_seconds < float("inf"):
+        parser.error("--max-train-seconds must be a finite number of seconds > 0")
     started = time.perf_counter()
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
     data = Path(args.data)
@@ -153,7 +159,7 @@ def main() -> None:
             )
             learner = OnlineLearner(cfg)
             curve = []
-            for epoch in range(max(1, round(args.epochs))):
+            for epoch in range(args.epochs):
                 curve += stream_online(learner, audio, f"{method} pass {epoch + 1}", args.quiet)
         else:
             if method == "supervised":

@@ -11,13 +11,14 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from edge_clapp import __version__
 from edge_clapp.config import PRESETS, resolve_config
 from edge_clapp.errors import CheckpointError, EdgeClappError, SourceError
-from edge_clapp.speech_corpus import add_data_parser, run_data_command
+from edge_clapp.speech_corpus import WORDS, SpeechRecipe
 
 log = logging.getLogger("edge_clapp")
 
@@ -132,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer", type=int, metavar="N", help="probe layer N only (default: every layer)"
     )
     probe.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    probe.add_argument("--seed", type=int, default=0, help="probe initialisation and sampling")
+    probe.add_argument(
+        "--seed", type=_seed, default=0, help="probe initialisation and frame sampling"
+    )
     probe.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser(
@@ -146,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--quant", action="store_true", help="quantisation-aware learning (int8 forward pass)"
     )
-    add_data_parser(sub)
+    _add_data_parser(sub)
     return parser
 
 
@@ -319,6 +322,68 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    """argparse type: an integer in [0, 2**32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in 0..{2**32 - 1}")
+    return value
+
+
+def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="build a labelled corpus (see data speech -h)")
+    kinds = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    speech = kinds.add_parser(
+        "speech",
+        help="synthesised words from many speakers with phoneme times, plus klettres-data",
+    )
+    speech.add_argument("--out", metavar="DIR", required=True, help="corpus folder")
+    speech.add_argument("--seed", type=int, default=0, help="split, rates and pitches")
+    speech.add_argument(
+        "--repeats", type=int, default=SpeechRecipe.repeats, help="per word and speaker"
+    )
+    speech.add_argument("--max-speakers", type=int, metavar="N", help="at most N speakers")
+    speech.add_argument("--words", type=int, metavar="N", help=f"first N of {len(WORDS)} words")
+    speech.add_argument(
+        "--no-klettres", action="store_true", help="leave out the klettres-data recordings"
+    )
+    speech.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from edge_clapp.speech_corpus import build_or_reuse
+
+    recipe = SpeechRecipe(
+        seed=args.seed,
+        repeats=args.repeats,
+        max_speakers=args.max_speakers,
+        words=args.words,
+        klettres=not args.no_klettres,
+    )
+    started = time.monotonic()
+    manifest, reason = build_or_reuse(Path(args.out), recipe, show_progress=not args.quiet)
+    totals, labels = manifest["totals"], manifest["labels"]
+    synth, klettres = totals["synth"], totals["klettres"]
+    summary = (
+        f"synth {synth['all']['utterances']:,} utterances ({synth['all']['seconds'] / 60:.1f}"
+        f" min; {len(labels['speakers']['train'])} train / {len(labels['speakers']['test'])}"
+        f" test speakers), klettres {klettres['all']['utterances']:,} recordings "
+        f"({klettres['all']['seconds'] / 60:.1f} min; {klettres['test']['utterances']:,} held"
+        " out)"
+    )
+    head = (
+        f"the speech corpus in {args.out} is up to date"
+        if reason is None
+        else f"built the speech corpus in {args.out} in {time.monotonic() - started:.0f} s"
+    )
+    print(f"{head}: {summary}")
+    print(f"recipe {manifest['recipe_hash'][:12]}; {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
 def _cmd_devices(args: argparse.Namespace) -> int:
     from edge_clapp.sources import list_input_devices
 
@@ -367,10 +432,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     from edge_clapp.checkpoint import load_checkpoint
+    from edge_clapp.paths import check_output_file
     from edge_clapp.probe import encode_utterances, probe_task, task_split
     from edge_clapp.session import write_json
     from edge_clapp.speech_corpus import load_corpus
 
+    if args.json:
+        check_output_file(args.json, "probe results")
     corpus = load_corpus(Path(args.data))
     learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
     layers = None
@@ -471,7 +539,7 @@ COMMANDS = {
     "simulate": _cmd_simulate,
     "probe": _cmd_probe,
     "demo": _cmd_demo,
-    "data": run_data_command,
+    "data": _cmd_data,
 }
 
 

@@ -323,6 +323,19 @@ class Config:
             g.append(g[-1] // layer.stride)
         return g
 
+    def receptive_fields(self) -> list[tuple[int, int]]:
+        """Per layer (receptive field, jump) in samples: a layer's output position p
+        depends on the ``field`` samples ending at ``(p + 1) * jump`` (causal: zero padding
+        on the left)."""
+        fe = self.frontend
+        field, jump = (1, 1) if fe.kind is FrontendKind.RAW else (fe.win_length, fe.frame_hop)
+        out = []
+        for layer in self.layers:
+            field += (layer.kernel - 1) * jump
+            jump *= layer.stride
+            out.append((field, jump))
+        return out
+
     def score_scales(self) -> list[float]:
         return list(self.rule.score_scale) or [1.0] * len(self.layers)
 

@@ -38,6 +38,26 @@ def patches(padded: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     return windows.reshape(windows.shape[0], -1)
 
 
+def init_parameters(
+    config: LayerConfig, in_channels: int, rule: RuleConfig, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """A layer's initial parameters, drawn from ``generator`` in a fixed order.
+
+    He-normal weights (relu keeps the activation scale from layer to layer, so deep layers
+    do not start with vanishing scores), zero bias; prediction matrices small so the first
+    scores sit well inside the margin; ``retro`` only for CLAPP."""
+    patch, channels = in_channels * config.kernel, config.channels
+    out = {
+        "weight": torch.randn(channels, patch, generator=generator) * math.sqrt(2.0 / patch),
+        "bias": torch.zeros(channels),
+    }
+    std = rule.pred_init_std / math.sqrt(channels)
+    out["pred"] = torch.randn(rule.offsets, channels, channels, generator=generator) * std
+    if rule.variant is Variant.CLAPP:
+        out["retro"] = torch.randn(rule.offsets, channels, channels, generator=generator) * std
+    return out
+
+
 class ClappLayer:
     def __init__(
         self,
@@ -60,19 +80,9 @@ class ClappLayer:
         patch = in_channels * config.kernel
         channels = config.channels
 
-        # Parameters: He-normal weights (relu keeps the activation scale from layer to
-        # layer, so deep layers do not start with vanishing scores), zero bias; prediction
-        # matrices small so the first scores sit well inside the margin.
-        std = math.sqrt(2.0 / patch)
-        self.weight = torch.randn(channels, patch, generator=generator) * std
-        self.bias = torch.zeros(channels)
-        std = rule.pred_init_std / math.sqrt(channels)
-        self.pred = torch.randn(rule.offsets, channels, channels, generator=generator) * std
-        self.retro = None
-        if rule.variant is Variant.CLAPP:
-            self.retro = (
-                torch.randn(rule.offsets, channels, channels, generator=generator) * std
-            )
+        init = init_parameters(config, in_channels, rule, generator)
+        self.weight, self.bias, self.pred = init["weight"], init["bias"], init["pred"]
+        self.retro = init.get("retro")
 
         # Streaming buffers.
         K, F = rule.offsets, block_frames

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edge_clapp.config import Config, Schedule
+from edge_clapp.config import Config, RuleConfig, Schedule
 from edge_clapp.frontend import make_frontend
-from edge_clapp.layers import ClappLayer
+from edge_clapp.layers import ClappLayer, init_parameters
 from edge_clapp.quant import RangeObserver, fake_quant
 from edge_clapp.replay import ReplayPool
 from edge_clapp.rule import Pairs, RuleStep, clapp_step, pool_frames
@@ -97,6 +97,85 @@ def _warn_sparingly(count: int, message: str) -> None:
     """Logs ``message % count`` at the 1st, 10th, 100th... occurrence: no flood."""
     if math.log10(count).is_integer():
         log.warning(message, count)
+
+
+def initial_parameters(config: Config) -> tuple[list[dict[str, torch.Tensor]], torch.Generator]:
+    """Every layer's initial parameters as ``OnlineLearner(config)`` draws them, and the
+    generator in the state the learner's would be in after them (its pairs come next),
+    without allocating the learner's buffers."""
+    generator = torch.Generator().manual_seed(config.seed)
+    params, in_channels = [], make_frontend(config.frontend).channels
+    for layer_config in config.layers:
+        params.append(init_parameters(layer_config, in_channels, config.rule, generator))
+        in_channels = layer_config.channels
+    return params, generator
+
+
+def mark_segments(
+    segment: torch.Tensor,
+    K: int,
+    hop: int,
+    starts: Sequence[int],
+    next_segment: int,
+    boundary_first: bool,
+) -> int:
+    """Writes the segment id of each current frame into ``segment[K:]`` (the ring's ids
+    are ``segment[:K]``): a new recording starting at sample ``s`` of the block starts a
+    new segment at frame ceil(s / hop); ``boundary_first`` starts one at frame 0. Returns
+    the next segment id."""
+    cur = segment[K:]
+    F = len(cur)
+    cur.fill_(next_segment)
+    first_frames = sorted({math.ceil(s / hop) for s in starts if 0 <= s < F * hop})
+    if boundary_first and (not first_frames or first_frames[0] != 0):
+        first_frames.insert(0, 0)
+    for frame in first_frames:
+        next_segment += 1
+        cur[frame:] = next_segment
+    return next_segment
+
+
+def draw_pairs(
+    rule: RuleConfig,
+    ring_valid: torch.Tensor,
+    segment: torch.Tensor,
+    generator: torch.Generator,
+    have_negatives: bool,
+) -> Pairs:
+    """(context, candidate) pairs of one block over the workspace's frames: ring [0, K),
+    current [K, K+F), replayed negative block [K+F, K+2F). Contexts are the frames k
+    before each current frame; a candidate is its true future (y = +1, or -1 where a
+    segment boundary lies between: a natural negative) or a replayed frame (y = -1), by
+    the rule's schedule. Weights: 1 / (pairs in use), 0 for unused slots."""
+    K, F = len(ring_valid), len(segment) - len(ring_valid)
+    gen = generator
+    j = torch.arange(F)
+    offset = torch.arange(1, K + 1)[:, None]
+    future = (K + j).expand(K, F)  # (K, F)
+    context = K + j - offset  # (K, F)
+    valid = torch.cat([ring_valid, torch.ones(F, dtype=torch.bool)])[context]
+    crossing = segment[context] != segment[future]  # natural negatives
+    replay = K + F + torch.randint(0, F, (K, F), generator=gen)
+
+    if rule.schedule is Schedule.EITHER:
+        positive = torch.rand(K, F, generator=gen) < 0.5
+        use_replay = ~crossing & ~positive
+        candidate = torch.where(use_replay, replay, future)
+        label = torch.where(crossing | ~positive, -1.0, 1.0)
+        valid = valid & ~(use_replay & (not have_negatives))
+    else:
+        n = rule.num_negatives
+        extra = [replay] + [
+            K + F + torch.randint(0, F, (K, F), generator=gen) for _ in range(n - 1)
+        ]
+        candidate = torch.cat([future, *extra], dim=1)  # (K, (1 + n) F)
+        context = context.repeat(1, 1 + n)
+        label = torch.cat([torch.where(crossing, -1.0, 1.0), -torch.ones(K, n * F)], dim=1)
+        valid = torch.cat([valid, *[valid & have_negatives for _ in range(n)]], dim=1)
+
+    weight = valid.to(torch.float32)
+    weight /= weight.sum().clamp(min=1.0)
+    return Pairs(context=context, candidate=candidate, label=label, weight=weight)
 
 
 class OnlineLearner:
@@ -243,48 +322,18 @@ class OnlineLearner:
 
     def _segments(self, starts: Sequence[int]) -> None:
         """Segment id of each current frame; a new recording starts a new segment."""
-        K, F, hop = self.K, self.F, self.config.frontend.frame_hop
-        cur = self.segment[K:]
-        cur.fill_(self.next_segment)
-        first_frames = sorted({math.ceil(s / hop) for s in starts if 0 <= s < F * hop})
-        if self.pending_boundary and (not first_frames or first_frames[0] != 0):
-            first_frames.insert(0, 0)
+        before = self.next_segment
+        self.next_segment = mark_segments(
+            self.segment, self.K, self.config.frontend.frame_hop, starts,
+            self.next_segment, self.pending_boundary,
+        )  # fmt: skip
         self.pending_boundary = False
-        for frame in first_frames:
-            self.next_segment += 1
-            cur[frame:] = self.next_segment
-            self.counters.boundaries += 1
+        self.counters.boundaries += self.next_segment - before
 
     def _pairs(self, have_negatives: bool) -> Pairs:
-        K, F = self.K, self.F
-        gen = self.generator
-        j = torch.arange(F)
-        offset = torch.arange(1, K + 1)[:, None]
-        future = (K + j).expand(K, F)  # (K, F)
-        context = K + j - offset  # (K, F)
-        valid = torch.cat([self.ring_valid, torch.ones(F, dtype=torch.bool)])[context]
-        crossing = self.segment[context] != self.segment[future]  # natural negatives
-        replay = K + F + torch.randint(0, F, (K, F), generator=gen)
-
-        if self.config.rule.schedule is Schedule.EITHER:
-            positive = torch.rand(K, F, generator=gen) < 0.5
-            use_replay = ~crossing & ~positive
-            candidate = torch.where(use_replay, replay, future)
-            label = torch.where(crossing | ~positive, -1.0, 1.0)
-            valid = valid & ~(use_replay & (not have_negatives))
-        else:
-            n = self.config.rule.num_negatives
-            extra = [replay] + [
-                K + F + torch.randint(0, F, (K, F), generator=gen) for _ in range(n - 1)
-            ]
-            candidate = torch.cat([future, *extra], dim=1)  # (K, (1 + n) F)
-            context = context.repeat(1, 1 + n)
-            label = torch.cat([torch.where(crossing, -1.0, 1.0), -torch.ones(K, n * F)], dim=1)
-            valid = torch.cat([valid, *[valid & have_negatives for _ in range(n)]], dim=1)
-
-        weight = valid.to(torch.float32)
-        weight /= weight.sum().clamp(min=1.0)
-        return Pairs(context=context, candidate=candidate, label=label, weight=weight)
+        return draw_pairs(
+            self.config.rule, self.ring_valid, self.segment, self.generator, have_negatives
+        )
 
     @torch.no_grad()
     def step(
@@ -421,6 +470,8 @@ class OnlineLearner:
         hop = self.config.frontend.frame_hop
         samples = torch.as_tensor(samples, dtype=torch.float32)
         samples = samples[: samples.numel() // hop * hop]
+        if samples.numel() == 0:  # shorter than one frame: no frame to compute
+            return [torch.zeros(0, layer.channels) for layer in self.layers]
         x = self.frontend.sequence(samples)
         quantized = self._set_quant(self.grid_ready and not float_weights)
         if quantized:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge_clapp.config import Config, FrontendKind
+from edge_clapp.config import Config
 from edge_clapp.errors import ConfigError, SourceError
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.speech_corpus import SpeechCorpus, Utterance, frame_phonemes
@@ -81,9 +81,14 @@ def fit_linear_probe(
     )
 
 
+def time_average(frames: np.ndarray) -> np.ndarray:
+    """The mean over time of frame vectors (T, C) -> (C,); zeros when T = 0."""
+    return frames.mean(0) if len(frames) else np.zeros(frames.shape[1], np.float32)
+
+
 def utterance_features(frames: list[torch.Tensor]) -> list[np.ndarray]:
     """Per layer, the mean over time of the frame vectors: [(T, C_l)] -> [(C_l,)]."""
-    return [f.mean(0).numpy() if len(f) else np.zeros(f.shape[1], np.float32) for f in frames]
+    return [time_average(f.numpy()) for f in frames]
 
 
 # -- the evaluation tasks on the labelled speech corpus (edge-clapp data speech) ----------
@@ -94,24 +99,11 @@ TASKS = ("phoneme", "word", "speaker", "language")
 MAX_TRAIN_FRAMES = 40000
 
 
-def receptive_fields(config: Config) -> list[tuple[int, int]]:
-    """Per layer (receptive field, jump) in samples: a layer's output position p depends
-    on the ``field`` samples ending at ``(p + 1) * jump`` (causal: zero padding on the left)."""
-    fe = config.frontend
-    field, jump = (1, 1) if fe.kind is FrontendKind.RAW else (fe.win_length, fe.frame_hop)
-    out = []
-    for layer in config.layers:
-        field += (layer.kernel - 1) * jump
-        jump *= layer.stride
-        out.append((field, jump))
-    return out
-
-
 def frame_centres(config: Config, layer: int, frames: int) -> np.ndarray:
     """Seconds at the centre of the audio that frame 0..frames-1 of ``layer`` (0-based)
     pools: frame i spans the samples from ``i * frame_hop - (field - jump)`` to
     ``(i + 1) * frame_hop``."""
-    field, jump = receptive_fields(config)[layer]
+    field, jump = config.receptive_fields()[layer]
     hop = config.frontend.frame_hop
     i = np.arange(frames)
     start = i * hop - (field - jump)
@@ -148,10 +140,16 @@ def task_split(corpus: SpeechCorpus, task: str) -> tuple[list[Utterance], list[U
             train = [u for u in train if u.phoneme_set == "espeak"]
             test = [u for u in test if u.phoneme_set == "espeak"]
     if not train or not test:
+        need = {
+            "language": "build it without --no-klettres",
+            "speaker": "it needs 4 words or more (--words) and several repeats",
+            "phoneme": "it needs espeak-ng speakers in both splits (a larger --max-speakers)",
+            "word": "it needs speakers in both splits (a larger --max-speakers)",
+        }[task]
         raise SourceError(
             f"the corpus at {corpus.root} has no recordings for the {task} task's "
-            f"{'training' if not train else 'held-out'} split; rebuild it with "
-            "`edge-clapp data speech --out DIR` (without --no-klettres for language)"
+            f"{'training' if not train else 'held-out'} split: {need}; rebuild it with "
+            "`edge-clapp data speech --out DIR`"
         )
     return train, test
 
@@ -165,10 +163,6 @@ def encode_utterances(
     for utt in tqdm(utterances, desc="encoding", disable=not show_progress, leave=False):
         out[utt.id] = [f.numpy() for f in learner.encode(utt.audio(rate))]
     return out
-
-
-def _time_average(frames: np.ndarray) -> np.ndarray:
-    return frames.mean(0) if len(frames) else np.zeros(frames.shape[1], np.float32)
 
 
 def _label(utt: Utterance, task: str) -> str:
@@ -211,8 +205,8 @@ def probe_task(
             train_x, train_y, test_x, test_y = xs[0], list(ys[0]), xs[1], list(ys[1])
         else:
             dropped = 0
-            train_x = np.stack([_time_average(encoded[u.id][li]) for u in train])
-            test_x = np.stack([_time_average(encoded[u.id][li]) for u in test])
+            train_x = np.stack([time_average(encoded[u.id][li]) for u in train])
+            test_x = np.stack([time_average(encoded[u.id][li]) for u in test])
             train_y = [_label(u, task) for u in train]
             test_y = [_label(u, task) for u in test]
         probe = fit_linear_probe(train_x, train_y, test_x, test_y, seed=seed)

@@ -6,8 +6,10 @@ Two parts:
   and flite voices, each utterance at its own rate and pitch drawn from the seed. Audio is
   16 kHz mono 16-bit WAV under ``DIR/audio/``. Phoneme labels come from the synthesiser
   itself: libespeak-ng's phoneme events (through ctypes, from the same synthesis as the
-  samples) and flite's ``-psdur`` end times. Split by speaker: about a quarter of each
-  synthesiser's speakers are ``test`` and never appear in ``train``.
+  samples) and flite's ``-psdur`` end times. Split by speaker: ``test`` holds every
+  espeak-ng speaker of a quarter of the male and of the female variants (so a test
+  voice's pitch and formants are never heard in training) and a quarter of the flite
+  voices; none is in ``train``.
 - ``klettres``: Debian's klettres-data recordings (real people, 20 languages), referenced
   where they lie, with their language and the fixed split of ``edge_clapp.corpus``.
 
@@ -24,7 +26,6 @@ onto the other.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -32,8 +33,8 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -79,13 +80,14 @@ ESPEAK_VOICES = ("en-us", "en", "en-gb-scotland", "en-029", "en-us-nyc")
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m5", "m7", "f1", "f2", "f4")
 ESPEAK_RATE_WPM = (125, 205)  # espeakRATE, as -s
 ESPEAK_PITCH = (30, 70)  # espeakPITCH 0..100, as -p; relative to the variant's own range
-FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+# kal16 is left out: it is kal's voice at 16 kHz (the same phone times, spectra alike),
+# one speaker under two names, which a split by speaker would leak across.
+FLITE_VOICES = ("kal", "awb", "rms", "slt")
 FLITE_DURATION_STRETCH = (0.8, 1.25)  # > 1 is slower
 # int_f0_target_mean in Hz, around each voice's own register. rms ignores it (measured
 # with flite 2.2: identical samples for 80 and 160 Hz); its pitch label is then nominal.
 FLITE_F0_HZ = {
     "kal": (90, 130),
-    "kal16": (90, 130),
     "awb": (85, 125),
     "rms": (85, 125),
     "slt": (150, 200),
@@ -102,7 +104,7 @@ LABEL_UNITS = {
 
 @dataclass(frozen=True)
 class SpeechRecipe:
-    """What to build; the defaults are the default corpus (45 speakers × 30 words × 3).
+    """What to build; the defaults are the default corpus (44 speakers × 30 words × 3).
 
     seed:         draws the split and every utterance's rate and pitch (>= 0)
     repeats:      utterances per word and speaker, each with its own rate and pitch
@@ -167,13 +169,33 @@ def _select_speakers(max_speakers: int | None) -> list[tuple[int, str, str]]:
 
 
 def _test_speakers(speakers: list[tuple[int, str, str]], seed: int) -> set[int]:
-    """Indices of the held-out speakers: a quarter of each synthesiser's, one at least."""
+    """Indices of the held-out speakers. espeak-ng: every speaker of a quarter of the
+    male and of the female variants present (a variant sets the voice's pitch and
+    formants, the base voice its accent: a test voice's sound is never heard in
+    training); flite: a quarter of its voices. One at least and never all, per
+    synthesiser."""
     rng = np.random.default_rng([seed, 0])
     held_out: set[int] = set()
-    for synthesiser in ("espeak-ng", "flite"):
-        group = [i for i, s, _ in speakers if s == synthesiser]
+    espeak = [(i, v.split("+", 1)[1]) for i, s, v in speakers if s == "espeak-ng"]
+    variants = sorted({variant for _, variant in espeak}, key=ESPEAK_VARIANTS.index)
+    if len(variants) > 1:
+        # Per register (m..., f...) with two variants or more, a quarter (one at least).
+        chosen: set[str] = set()
+        for register in ("m", "f"):
+            group = [v for v in variants if v.startswith(register)]
+            if len(group) > 1:
+                n_test = max(1, round(len(group) * TEST_FRACTION))
+                chosen.update(rng.choice(group, n_test, replace=False).tolist())
+        if not chosen:  # one variant per register: hold one out
+            chosen = {str(rng.choice(variants))}
+        held_out.update(i for i, variant in espeak if variant in chosen)
+    else:  # one variant only (a small --max-speakers): split its speakers instead
+        group = [i for i, _ in espeak]
         n_test = min(len(group) - 1, max(1, round(len(group) * TEST_FRACTION)))
         held_out.update(int(i) for i in rng.choice(group, n_test, replace=False))
+    group = [i for i, s, _ in speakers if s == "flite"]
+    n_test = min(len(group) - 1, max(1, round(len(group) * TEST_FRACTION)))
+    held_out.update(int(i) for i in rng.choice(group, n_test, replace=False))
     return held_out
 
 
@@ -311,14 +333,18 @@ def _klettres_entries(recordings: list[Recording]) -> list[dict[str, Any]]:
 
 def _recipe_dict(recipe: SpeechRecipe) -> dict[str, Any]:
     """Everything that determines the corpus (synthesiser versions included)."""
+    speakers = _select_speakers(recipe.max_speakers)
+    held_out = _test_speakers(speakers, recipe.seed)
     return {
         "format_version": FORMAT_VERSION,
         "seed": recipe.seed,
         "repeats": recipe.repeats,
         "max_speakers": recipe.max_speakers,
         "words": list(WORDS[: recipe.words]),
-        "speakers": [_speaker_label(s, v) for _, s, v in _select_speakers(recipe.max_speakers)],
+        "speakers": [_speaker_label(s, v) for _, s, v in speakers],
         "test_fraction": TEST_FRACTION,
+        # The split itself, so that a change in how it is drawn changes the hash too.
+        "test_speakers": [_speaker_label(s, v) for i, s, v in speakers if i in held_out],
         "sample_rate": SAMPLE_RATE,
         "espeak": {
             "version": espeak_version(),
@@ -472,7 +498,7 @@ def _synthesise_all(tasks: list[dict[str, Any]], show_progress: bool) -> list[di
     context = multiprocessing.get_context("spawn")
     workers = max(1, min(2, os.cpu_count() or 1, len(tasks)))
     try:
-        with context.Pool(workers, maxtasksperchild=1) as pool:
+        with context.Pool(workers, _worker_start, maxtasksperchild=1) as pool:
             for entries in pool.imap_unordered(_synthesise_speaker, tasks):
                 done[entries[0]["labels"]["speaker"]] = entries
                 try:
@@ -485,6 +511,11 @@ def _synthesise_all(tasks: list[dict[str, Any]], show_progress: bool) -> list[di
         except OSError:
             pass
     return [e for t in tasks for e in done[t["speaker"]]]
+
+
+def _worker_start() -> None:
+    """Ctrl-C is the parent's to handle (it stops the pool); workers ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -590,8 +621,9 @@ class SpeechCorpus:
         return [u for u in self._items if u.corpus == corpus and split in (None, u.split)]
 
 
-def load_corpus(dir: Path) -> SpeechCorpus:
-    """The corpus built into ``dir``; SourceError when there is none or it is damaged."""
+def load_corpus(dir: Path, verify: bool = True) -> SpeechCorpus:
+    """The corpus built into ``dir``; SourceError when there is none, it is damaged, or
+    (``verify``) a file's sha256 is not the manifest's."""
     root = Path(dir).absolute()
     again = f"run `edge-clapp data speech --out {dir}` first"
     try:
@@ -617,6 +649,14 @@ def load_corpus(dir: Path) -> SpeechCorpus:
             f"{len(missing)} file(s) of the corpus in '{dir}' are missing (e.g. {missing[0]}): "
             f"{again}"
         )
+    if verify:  # about 0.3 s for the default corpus
+        hashes = {entry["id"]: entry.get("sha256") for entry in manifest["utterances"]}
+        changed = [u.path for u in items if _sha256(u.path) != hashes[u.id]]
+        if changed:
+            raise SourceError(
+                f"{len(changed)} file(s) of the corpus in '{dir}' changed since it was built "
+                f"(e.g. {changed[0]}): {again}"
+            )
     return SpeechCorpus(root, manifest, items)
 
 
@@ -624,6 +664,12 @@ def _utterance(root: Path, entry: dict[str, Any]) -> Utterance:
     labels = entry["labels"]
     if entry["corpus"] not in CORPORA or entry["split"] not in SPLITS:
         raise ValueError(f"{entry['id']}: corpus {entry['corpus']!r}, split {entry['split']!r}")
+    wanted = ("word", "speaker") if entry["corpus"] == "synth" else ("language",)
+    for key in wanted:
+        if not isinstance(labels.get(key), str) or not labels[key]:
+            raise ValueError(f"{entry['id']}: label {key} = {labels.get(key)!r}")
+    if entry["corpus"] == "synth" and not labels.get("phonemes"):
+        raise ValueError(f"{entry['id']}: no phoneme labels")
     return Utterance(
         id=entry["id"],
         corpus=entry["corpus"],
@@ -648,56 +694,3 @@ def frame_phonemes(utterance: Utterance, centres_seconds: np.ndarray) -> list[st
     index = np.searchsorted(starts, np.asarray(centres_seconds, dtype=np.float64), "right") - 1
     names = [name for name, _, _ in utterance.phonemes]
     return [names[i] for i in np.clip(index, 0, len(names) - 1)]
-
-
-# ---------------------------------------------------------------------------------------
-# The command: edge-clapp data speech --out DIR.
-
-
-def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="build a labelled corpus (see data speech -h)")
-    kinds = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    speech = kinds.add_parser(
-        "speech",
-        help="synthesised words from many speakers with phoneme times, plus klettres-data",
-    )
-    speech.add_argument("--out", metavar="DIR", required=True, help="corpus folder")
-    speech.add_argument("--seed", type=int, default=0, help="split, rates and pitches")
-    speech.add_argument(
-        "--repeats", type=int, default=SpeechRecipe.repeats, help="per word and speaker"
-    )
-    speech.add_argument("--max-speakers", type=int, metavar="N", help="at most N speakers")
-    speech.add_argument("--words", type=int, metavar="N", help=f"first N of {len(WORDS)} words")
-    speech.add_argument(
-        "--no-klettres", action="store_true", help="leave out the klettres-data recordings"
-    )
-    speech.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_data_command(args: argparse.Namespace) -> int:
-    recipe = SpeechRecipe(
-        seed=args.seed,
-        repeats=args.repeats,
-        max_speakers=args.max_speakers,
-        words=args.words,
-        klettres=not args.no_klettres,
-    )
-    started = time.monotonic()
-    manifest, reason = build_or_reuse(Path(args.out), recipe, show_progress=not args.quiet)
-    totals, labels = manifest["totals"], manifest["labels"]
-    synth, klettres = totals["synth"], totals["klettres"]
-    summary = (
-        f"synth {synth['all']['utterances']:,} utterances ({synth['all']['seconds'] / 60:.1f}"
-        f" min; {len(labels['speakers']['train'])} train / {len(labels['speakers']['test'])}"
-        f" test speakers), klettres {klettres['all']['utterances']:,} recordings "
-        f"({klettres['all']['seconds'] / 60:.1f} min; {klettres['test']['utterances']:,} held"
-        " out)"
-    )
-    head = (
-        f"the speech corpus in {args.out} is up to date"
-        if reason is None
-        else f"built the speech corpus in {args.out} in {time.monotonic() - started:.0f} s"
-    )
-    print(f"{head}: {summary}")  # noqa: T201 (the command's own output)
-    print(f"recipe {manifest['recipe_hash'][:12]}; {Path(args.out) / 'manifest.json'}")  # noqa: T201
-    return 0

@@ -34,11 +34,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_clapp import __version__
-from edge_clapp.checkpoint import META
 from edge_clapp.config import FrontendKind
 from edge_clapp.errors import EdgeClappError
 from edge_clapp.layers import ClappLayer
 from edge_clapp.learner import OnlineLearner
+from edge_clapp.paths import check_output_file
 from edge_clapp.quant import quantize
 
 OPSET = 17
@@ -431,17 +431,8 @@ def _scales_metadata(learner: OnlineLearner, count: int) -> dict[str, object]:
 def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     """Writes ``model`` to ``path`` through a temporary file: nothing half-written stays.
     Refuses a path that is not a regular file (a device, a FIFO, a folder) and one inside
-    a run's checkpoint folder."""
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise ExportError(
-            f"'{path}' exists and is not a regular file: choose a file name for the model"
-        )
-    if (path.parent / META).exists():
-        raise ExportError(
-            f"'{path.parent}' is a run's checkpoint folder: write the model elsewhere (the "
-            "checkpoint's files must stay as they are)"
-        )
+    a run's checkpoint folder or a corpus (``edge_clapp.paths.check_output_file``)."""
+    path = check_output_file(path, "model", ExportError)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:

@@ -186,7 +186,7 @@ def test_export_refusals_leave_nothing_behind(speech, tmp_path, capsys):
         (["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "a.onnx")],
          "does not exist"),
         (["export", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "b.onnx")],
-         "cannot write to"),
+         "is not a folder"),
         (["export", str(tmp_path / "run"), "--out", str(tmp_path / "c.onnx"), "--layers", "9"],
          "--layers 9 is out of range"),
     ]  # fmt: skip

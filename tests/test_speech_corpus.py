@@ -342,3 +342,29 @@ def test_missing_tools_and_data_say_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match="klettres-data.*--no-klettres"):
         build(tmp_path / "b", **TINY)
     assert not (tmp_path / "b").exists()
+
+
+def test_load_refuses_changed_files_and_bad_labels(tiny, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    entry = next(u for u in json.loads((copy / "manifest.json").read_text())["utterances"]
+                 if u["corpus"] == "synth")  # fmt: skip
+    wav = copy / entry["path"]
+    data = bytearray(wav.read_bytes())
+    data[-1] ^= 0xFF  # one sample's low byte
+    wav.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="changed since it was built"):
+        load_corpus(copy)
+    assert len(load_corpus(copy, verify=False).utterances("synth")) > 0
+
+    for key, value, needle in [
+        ("word", None, "label word"),
+        ("word", 5, "label word"),
+        ("phonemes", [], "no phoneme labels"),
+    ]:
+        manifest = json.loads((tiny / "manifest.json").read_text())
+        first = next(u for u in manifest["utterances"] if u["corpus"] == "synth")
+        first["labels"][key] = value
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(SourceError, match=needle):
+            load_corpus(copy, verify=False)
