@@ -29,6 +29,7 @@ during online learning) into --out, and each method's checkpoint into --out/METH
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -94,7 +95,17 @@ def main() -> None:
     parser.add_argument("--out", default="runs/speech-eval")
     parser.add_argument("--max-train-seconds", type=float, help="learn from less audio")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="only combine the eval.json of earlier runs (same data, preset and seed; e.g. "
+        "methods split over two processes) into --out's tables and plots",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
     if args.epochs < 1:
         parser.error("--epochs must be 1 or more")
     if args.max_train_seconds is not None and not 0 < args.max_train_seconds < float("inf"):
@@ -198,7 +209,7 @@ def main() -> None:
         }
         last = {t: r[-1]["accuracy"] for t, r in results.items()}
         print(
-            f"  {method:<11} learned in {train_wall:6.0f} s; last layer: "
+            f"  {method:<13} learned in {train_wall:6.0f} s; last layer: "
             + ", ".join(f"{t} {a:.3f}" for t, a in last.items()),
             flush=True,
         )
@@ -207,6 +218,25 @@ def main() -> None:
     report["total_wall_seconds"] = time.perf_counter() - started
     write_json(out / "eval.json", report)
     plot(report, args.tasks, out)
+    print(f"wrote {out / 'eval.json'}, {out / 'probes.png'}, {out / 'online.png'}")
+
+
+def merge(folders: list[str], out: Path) -> None:
+    reports = [json.loads((Path(f) / "eval.json").read_text()) for f in folders]
+    keys = ("preset", "seed", "epochs", "recipe_hash", "learn_seconds")
+    for other in reports[1:]:
+        differ = [k for k in keys if other.get(k) != reports[0].get(k)]
+        if differ:
+            raise SystemExit(f"speech_eval: error: the runs differ in {', '.join(differ)}")
+    merged = dict(reports[0], methods={}, merged_from=folders)
+    for report in reports:
+        merged["methods"].update(report["methods"])
+    merged["methods"] = {m: merged["methods"][m] for m in METHODS if m in merged["methods"]}
+    tasks = list(next(iter(merged["methods"].values()))["probe"])
+    out.mkdir(parents=True, exist_ok=True)
+    print_tables(merged, tasks)
+    write_json(out / "eval.json", merged)
+    plot(merged, tasks, out)
     print(f"wrote {out / 'eval.json'}, {out / 'probes.png'}, {out / 'online.png'}")
 
 
@@ -219,9 +249,9 @@ def print_tables(report: dict, tasks: list[str]) -> None:
             f"\n{task}: {first[0]['classes']} classes, {first[0]['train_count']:,} train / "
             f"{first[0]['test_count']:,} held-out, chance {first[0]['chance']:.3f}"
         )
-        print(f"{'method':<12}" + "".join(f"{'L' + str(i + 1):>7}" for i in range(n_layers)))
+        print(f"{'method':<14}" + "".join(f"{'L' + str(i + 1):>7}" for i in range(n_layers)))
         for method, layers in rows.items():
-            print(f"{method:<12}" + "".join(f"{r['accuracy']:>7.3f}" for r in layers))
+            print(f"{method:<14}" + "".join(f"{r['accuracy']:>7.3f}" for r in layers))
 
 
 def plot(report: dict, tasks: list[str], out: Path) -> None:

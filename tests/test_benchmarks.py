@@ -56,3 +56,15 @@ def test_speech_eval_runs(tmp_path):
         assert len(method["probe"]["word"]) == 5
     assert (tmp_path / "eval" / "probes.png").stat().st_size > 0
     assert (tmp_path / "eval" / "clapp" / "checkpoint").is_dir()
+
+    # A second run with another method, then --merge of the two.
+    other = argv[: argv.index("--methods")] + ["--methods", "gim", "--out", str(tmp_path / "b")]
+    result = subprocess.run(other, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    merge = [sys.executable, "benchmarks/speech_eval.py", "--out", str(tmp_path / "m")]
+    merge += ["--merge", str(tmp_path / "eval"), str(tmp_path / "b")]
+    result = subprocess.run(merge, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = json.loads((tmp_path / "m" / "eval.json").read_text())
+    assert list(merged["methods"]) == ["random", "clapp", "clapp-s-batch", "gim"]
+    assert "gim" in result.stdout and "word:" in result.stdout
