@@ -251,6 +251,11 @@ def main() -> None:
                 f"{r['peak_bytes'] / ref['peak_bytes']:>12.2f}x"
             )
         print("(ratios: the method's cost over the explicit learner's)")
+        if ref["peak_bytes"] < 1e6:
+            print(
+                "note: the explicit learner's peak is under 1 MB, within the allocator's "
+                "page granularity: memory ratios mean nothing at this size (use --preset raw)"
+            )
         if not ref["peak_exact"]:
             print("note: clear_refs unavailable; peaks include the process's start-up peak")
 
