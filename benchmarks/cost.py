@@ -172,16 +172,11 @@ def matmul_peak(repeats: int = 10, n: int = 2048) -> float:
 
 
 def speech_blocks(block_samples: int, count: int) -> np.ndarray:
-    from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
+    from edge_clapp.corpus import klettres_recordings, read_until, split_recordings
 
     train, _ = split_recordings(klettres_recordings())
-    pieces, total = [], 0
-    for rec in train[::7]:  # spread over the languages
-        pieces.append(read_mono(rec.path, 16000))
-        total += len(pieces[-1])
-        if total >= block_samples * count:
-            break
-    joined = np.concatenate(pieces)
+    # spread over the languages
+    joined = np.concatenate(read_until(train[::7], 16000, block_samples * count))
     if len(joined) < block_samples * count:
         joined = np.resize(joined, block_samples * count)
     return joined[: block_samples * count].reshape(count, block_samples).astype(np.float32)

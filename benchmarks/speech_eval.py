@@ -39,6 +39,7 @@ from tqdm import tqdm
 from edge_clapp.baselines import TrainSettings, train_baseline
 from edge_clapp.checkpoint import save_checkpoint
 from edge_clapp.config import PRESETS, resolve_config
+from edge_clapp.corpus import blocks_with_starts
 from edge_clapp.errors import EdgeClappError
 from edge_clapp.learner import OnlineLearner
 from edge_clapp.probe import TASKS, encode_utterances, probe_task, task_split
@@ -63,18 +64,15 @@ def stream_online(
 ) -> list[dict]:
     """Streams the recordings end to end, block by block (a new recording starts a new
     segment); returns the per-layer interval means every ONLINE_REPORT_SECONDS."""
-    block = learner.config.block_samples
-    joined = np.concatenate(audio)
-    bounds = np.cumsum([0] + [len(a) for a in audio])[:-1]
-    blocks = len(joined) // block
+    blocks = blocks_with_starts(audio, learner.config.block_samples)
     every = max(1, round(ONLINE_REPORT_SECONDS / learner.config.block_seconds))
     curve = []
     learner.take_interval()
-    for b in tqdm(range(blocks), desc=label, disable=quiet, unit="block", leave=False):
-        lo, hi = b * block, (b + 1) * block
-        starts = bounds[(bounds >= lo) & (bounds < hi)] - lo
-        learner.step(joined[lo:hi], [int(s) for s in starts])
-        if (b + 1) % every == 0 or b + 1 == blocks:
+    for b, (samples, starts) in enumerate(
+        tqdm(blocks, desc=label, disable=quiet, unit="block", leave=False)
+    ):
+        learner.step(samples, starts)
+        if (b + 1) % every == 0 or b + 1 == len(blocks):
             curve.append(
                 {
                     "audio_seconds": (b + 1) * learner.config.block_seconds,

@@ -23,7 +23,12 @@ import torch
 
 from edge_clapp.baselines import AutogradLearner
 from edge_clapp.config import PRESETS, resolve_config
-from edge_clapp.corpus import klettres_recordings, read_mono, split_recordings
+from edge_clapp.corpus import (
+    blocks_with_starts,
+    klettres_recordings,
+    read_until,
+    split_recordings,
+)
 from edge_clapp.learner import OnlineLearner
 
 
@@ -36,20 +41,9 @@ def stream(learner: OnlineLearner, blocks: list[tuple[np.ndarray, list[int]]]) -
 
 def make_blocks(block_samples: int, seconds: float) -> list[tuple[np.ndarray, list[int]]]:
     train, _ = split_recordings(klettres_recordings())
-    recordings, total = [], 0
-    for rec in train[::5]:  # every language, spread over the corpus
-        audio = read_mono(rec.path, 16000)
-        recordings.append(audio)
-        total += len(audio)
-        if total >= seconds * 16000:
-            break
-    joined = np.concatenate(recordings)
-    bounds = np.cumsum([0] + [len(r) for r in recordings])[:-1]
-    blocks = []
-    for b in range(len(joined) // block_samples):
-        lo, hi = b * block_samples, (b + 1) * block_samples
-        blocks.append((joined[lo:hi], [int(s - lo) for s in bounds if lo <= s < hi]))
-    return blocks
+    # every language, spread over the corpus
+    pieces = read_until(train[::5], 16000, int(seconds * 16000))
+    return blocks_with_starts(pieces, block_samples)
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ Methods (mini-batches of windows cut from a stream of training audio):
 Shape legend: B batch, T frames, C channels, K offsets, N negatives per context.
 
 Reference: the autograd form of the rule (``autograd_clapp_step``) equals the explicit
-rule (``rule.clapp_step``) within float32 rounding (tests/test_baselines.py), as the
-explicit rule equals the gradient in float64 (tests/test_rule.py).
+rule (``rule.clapp_step``) in float64 to 1e-12 at every block of a stream
+(tests/test_baselines.py), as the explicit rule equals the gradient (tests/test_rule.py).
 """
 
 from __future__ import annotations

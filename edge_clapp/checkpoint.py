@@ -13,7 +13,6 @@ A crash at any point leaves the previous ``meta.json`` and the state file it nam
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -28,18 +27,11 @@ from safetensors.torch import load_file, save_file
 from edge_clapp.config import Config
 from edge_clapp.errors import CheckpointError, ConfigError
 from edge_clapp.learner import Counters, LayerMeter, OnlineLearner
+from edge_clapp.paths import file_sha256
 
 FORMAT = "edge_clapp.checkpoint/1"
 STATE_NAME = re.compile(r"state-\d{9,}\.safetensors")
 META = "meta.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -81,7 +73,7 @@ def save_checkpoint(
         meta = {
             "format": FORMAT,
             "state_file": state_name,
-            "sha256": _sha256(state_path),
+            "sha256": file_sha256(state_path),
             "config": learner.config.to_dict(),
             "counters": dataclasses.asdict(learner.counters),
             "meters": [dataclasses.asdict(m) for m in learner.meters],
@@ -144,7 +136,7 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
     state_path = folder / state_file
     if not state_path.is_file():
         raise CheckpointError(f"{str(state_path)!r} named by {META} is missing")
-    if _sha256(state_path) != meta.get("sha256"):
+    if file_sha256(state_path) != meta.get("sha256"):
         raise CheckpointError(
             f"{str(state_path)!r} does not match the checksum in {META}: the file is corrupt"
         )

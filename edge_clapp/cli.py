@@ -18,7 +18,6 @@ from typing import Any
 from edge_clapp import __version__
 from edge_clapp.config import PRESETS, resolve_config
 from edge_clapp.errors import CheckpointError, EdgeClappError, SourceError
-from edge_clapp.speech_corpus import WORDS, SpeechRecipe
 
 log = logging.getLogger("edge_clapp")
 
@@ -342,11 +341,10 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     speech.add_argument("--out", metavar="DIR", required=True, help="corpus folder")
     speech.add_argument("--seed", type=int, default=0, help="split, rates and pitches")
-    speech.add_argument(
-        "--repeats", type=int, default=SpeechRecipe.repeats, help="per word and speaker"
-    )
+    # Defaults (None) are the recipe's: the speech corpus's modules load only to build.
+    speech.add_argument("--repeats", type=int, help="per word and speaker (default 3)")
     speech.add_argument("--max-speakers", type=int, metavar="N", help="at most N speakers")
-    speech.add_argument("--words", type=int, metavar="N", help=f"first N of {len(WORDS)} words")
+    speech.add_argument("--words", type=int, metavar="N", help="the first N words (of 30)")
     speech.add_argument(
         "--no-klettres", action="store_true", help="leave out the klettres-data recordings"
     )
@@ -354,14 +352,14 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from edge_clapp.speech_corpus import build_or_reuse
+    from edge_clapp.speech_corpus import SpeechRecipe, build_or_reuse
 
     recipe = SpeechRecipe(
         seed=args.seed,
-        repeats=args.repeats,
         max_speakers=args.max_speakers,
         words=args.words,
         klettres=not args.no_klettres,
+        **({} if args.repeats is None else {"repeats": args.repeats}),
     )
     started = time.monotonic()
     manifest, reason = build_or_reuse(Path(args.out), recipe, show_progress=not args.quiet)

@@ -7,6 +7,7 @@ the learner's seed): within each language, files sorted by path, every fourth is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +61,31 @@ def read_mono(path: Path | str, sample_rate: int) -> np.ndarray:
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def read_until(
+    recordings: Sequence[Recording], sample_rate: int, samples: int
+) -> list[np.ndarray]:
+    """Whole recordings, in order, until at least ``samples`` samples are read (or all)."""
+    pieces, total = [], 0
+    for rec in recordings:
+        if total >= samples:
+            break
+        pieces.append(read_mono(rec.path, sample_rate))
+        total += len(pieces[-1])
+    return pieces
+
+
+def blocks_with_starts(
+    pieces: Sequence[np.ndarray], block_samples: int
+) -> list[tuple[np.ndarray, list[int]]]:
+    """Recordings joined end to end and cut into whole blocks (the tail that fills no
+    block is dropped), each with the offsets in it where a recording starts: what
+    ``OnlineLearner.step`` takes."""
+    joined = np.concatenate(list(pieces))
+    bounds = np.cumsum([0] + [len(p) for p in pieces])[:-1]
+    blocks = []
+    for lo in range(0, len(joined) - block_samples + 1, block_samples):
+        starts = bounds[(bounds >= lo) & (bounds < lo + block_samples)] - lo
+        blocks.append((joined[lo : lo + block_samples], [int(s) for s in starts]))
+    return blocks

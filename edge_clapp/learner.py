@@ -104,7 +104,7 @@ def initial_parameters(config: Config) -> tuple[list[dict[str, torch.Tensor]], t
     generator in the state the learner's would be in after them (its pairs come next),
     without allocating the learner's buffers."""
     generator = torch.Generator().manual_seed(config.seed)
-    params, in_channels = [], make_frontend(config.frontend).channels
+    params, in_channels = [], config.frontend.channels
     for layer_config in config.layers:
         params.append(init_parameters(layer_config, in_channels, config.rule, generator))
         in_channels = layer_config.channels

@@ -52,6 +52,7 @@ from edge_clapp.corpus import (
     split_recordings,
 )
 from edge_clapp.errors import ConfigError, EdgeClappError, SourceError
+from edge_clapp.paths import file_sha256
 from edge_clapp.synthesis import (
     Synthesis,
     espeak_synthesise,
@@ -277,7 +278,7 @@ def _synthesise_speaker(task: dict[str, Any]) -> list[dict[str, Any]]:
                 "split": task["split"],
                 "seconds": seconds,
                 "sample_rate": SAMPLE_RATE,
-                "sha256": _sha256(path),
+                "sha256": file_sha256(path),
                 "labels": {
                     "word": word,
                     "speaker": task["speaker"],
@@ -290,10 +291,6 @@ def _synthesise_speaker(task: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return entries
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _klettres_recordings() -> list[Recording]:
@@ -320,7 +317,7 @@ def _klettres_entries(recordings: list[Recording]) -> list[dict[str, Any]]:
                 "split": split[rec.path],
                 "seconds": round(info.frames / info.samplerate, 6),
                 "sample_rate": info.samplerate,
-                "sha256": _sha256(rec.path),
+                "sha256": file_sha256(rec.path),
                 "labels": {"language": rec.language},
             }
         )
@@ -453,7 +450,7 @@ def _stale_reason(out: Path, recipe: dict[str, Any], klettres: list[Recording]) 
         file = out / relative
         if not file.is_file():
             missing.append(relative)
-        elif _sha256(file) != sha256:
+        elif file_sha256(file) != sha256:
             changed.append(relative)
     for kind, paths in (("missing", missing), ("changed since the build", changed)):
         if paths:
@@ -651,7 +648,7 @@ def load_corpus(dir: Path, verify: bool = True) -> SpeechCorpus:
         )
     if verify:  # about 0.3 s for the default corpus
         hashes = {entry["id"]: entry.get("sha256") for entry in manifest["utterances"]}
-        changed = [u.path for u in items if _sha256(u.path) != hashes[u.id]]
+        changed = [u.path for u in items if file_sha256(u.path) != hashes[u.id]]
         if changed:
             raise SourceError(
                 f"{len(changed)} file(s) of the corpus in '{dir}' changed since it was built "

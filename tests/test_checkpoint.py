@@ -98,7 +98,7 @@ def test_damaged_checkpoints_are_refused(tmp_path, damage, message):
         tensors = safetensors.torch.load_file(str(state))
         tensors["layers.0.weight"] = tensors["layers.0.weight"][:, :3].contiguous()
         safetensors.torch.save_file(tensors, str(state))
-        meta["sha256"] = ckpt._sha256(state)
+        meta["sha256"] = ckpt.file_sha256(state)
         meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=message):
         ckpt.load_checkpoint(folder)
@@ -167,7 +167,7 @@ def test_bad_generator_state_is_refused(tmp_path):
     tensors = safetensors.torch.load_file(str(state))
     tensors["generator"] = tensors["generator"][:3].contiguous()
     safetensors.torch.save_file(tensors, str(state))
-    _edit_meta(folder, _set(["sha256"], ckpt._sha256(state)))
+    _edit_meta(folder, _set(["sha256"], ckpt.file_sha256(state)))
     with pytest.raises(CheckpointError, match="generator state .* is invalid"):
         ckpt.load_checkpoint(folder)
 

@@ -275,7 +275,7 @@ def test_negative_activation_range_in_a_checkpoint_is_refused(speech, tmp_path):
     tensors = safetensors.torch.load_file(str(state))
     tensors["layers.1.out_range"] = torch.tensor(-5.0)
     safetensors.torch.save_file(tensors, str(state))
-    meta["sha256"] = ckpt._sha256(state)
+    meta["sha256"] = ckpt.file_sha256(state)
     (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="layers.1.out_range = -5.0 is negative"):
         load_checkpoint(folder)
