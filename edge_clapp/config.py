@@ -47,11 +47,34 @@ class Schedule(str, Enum):
 class FrontendKind(str, Enum):
     RAW = "raw"
     LOGMEL = "logmel"
+    IMAGE = "image"  # camera, video or images: see VisionConfig
 
 
 class LayerKind(str, Enum):
     CONV1D = "conv1d"
     LINEAR = "linear"
+    CONV2D = "conv2d"
+
+
+class Pool(str, Enum):
+    """How a layer's positions become one vector per sample (an audio frame, an image
+    patch): their mean, or per channel their maximum (the rule routes through the argmax)."""
+
+    AVG = "avg"
+    MAX = "max"
+
+
+class Color(str, Enum):
+    GRAY = "gray"
+    RGB = "rgb"
+
+
+class Fit(str, Enum):
+    """How a frame is brought to the configured size: centre-crop to the aspect ratio
+    then resize, or stretch."""
+
+    CROP = "crop"
+    RESIZE = "resize"
 
 
 class Observer(str, Enum):
@@ -135,18 +158,39 @@ class FrontendConfig:
 
 @dataclass
 class LayerConfig:
-    """One CLAPP layer. conv1d: kernel and stride over time; linear: one frame in, one out."""
+    """One CLAPP layer. conv1d: kernel and stride over time; linear: one frame in, one out;
+    conv2d: a square kernel x kernel convolution over an image patch, zero-padded by
+    kernel // 2 on every side ("same" at stride 1), output size ceil(size / stride).
+    ``pool``: how the layer's positions in one sample become its vector (avg or max)."""
 
     kind: LayerKind = LayerKind.CONV1D
     channels: int = 64
     kernel: int = 1
     stride: int = 1
+    pool: Pool = Pool.AVG
 
     def __post_init__(self) -> None:
         self.kind = _enum(LayerKind, self.kind, "layers[].kind")
+        self.pool = _enum(Pool, self.pool, "layers[].pool")
         _positive(self.channels, "layers[].channels")
         _positive(self.kernel, "layers[].kernel")
         _positive(self.stride, "layers[].stride")
+        if self.kind is LayerKind.CONV2D:
+            if self.kernel % 2 == 0:
+                raise ConfigError(
+                    f"a conv2d layer needs an odd kernel (padded by kernel // 2 on each "
+                    f"side), got kernel = {self.kernel}"
+                )
+            if self.kernel > 15 or self.stride > 8:
+                raise ConfigError(
+                    f"conv2d kernel = {self.kernel}, stride = {self.stride}: at most 15 and 8"
+                )
+            return
+        if self.pool is not Pool.AVG:
+            raise ConfigError(
+                f"layers[].pool = {self.pool.value!r} needs kind = 'conv2d': the audio "
+                "layers (conv1d, linear) average their positions into frames"
+            )
         if self.kind is LayerKind.LINEAR and (self.kernel, self.stride) != (1, 1):
             raise ConfigError(
                 f"a linear layer has kernel = stride = 1, got kernel = {self.kernel}, "
@@ -260,6 +304,73 @@ class QuantConfig:
 
 
 @dataclass
+class VisionConfig:
+    """The image front end (``frontend.kind = "image"``): every frame is brought to
+    ``height`` x ``width`` (``fit``), in ``color``, values in [0, 1], and cut into a grid
+    of overlapping ``patch`` x ``patch`` squares every ``patch_stride`` pixels. A patch
+    predicts the patches ``skip_rows + k`` rows below it in the same column (k = 1 ..
+    rule.offsets; the overlapping neighbour row is skipped); its negatives are the same
+    positions in a replayed frame at least ``replay_min_age_frames`` old, or from an
+    earlier scene. A mean absolute change between frames above ``scene_cut`` (0..1, on
+    a small grey thumbnail; 0 disables) starts a new scene: opencv-doc's Megamind.avi has
+    4 cuts measuring 0.17-0.19 and changes inside a shot below 0.02 (vtest.avi below
+    0.01, the hand-held tree.avi 0.08)."""
+
+    height: int = 32
+    width: int = 32
+    color: Color = Color.GRAY
+    fit: Fit = Fit.CROP
+    patch: int = 8
+    patch_stride: int = 4
+    skip_rows: int = 1
+    scene_cut: float = 0.1
+    replay_min_age_frames: int = 10
+
+    def __post_init__(self) -> None:
+        self.color = _enum(Color, self.color, "vision.color")
+        self.fit = _enum(Fit, self.fit, "vision.fit")
+        for name in ("height", "width", "patch", "patch_stride"):
+            _positive(getattr(self, name), f"vision.{name}")
+        _positive(self.skip_rows, "vision.skip_rows", allow_zero=True)
+        _positive(self.replay_min_age_frames, "vision.replay_min_age_frames", allow_zero=True)
+        _positive(self.scene_cut, "vision.scene_cut", integer=False, allow_zero=True)
+        if self.scene_cut > 1:
+            raise ConfigError(f"vision.scene_cut = {self.scene_cut!r} must be in 0..1")
+        if max(self.height, self.width) > 1024:
+            raise ConfigError(
+                f"vision.height x width = {self.height} x {self.width}: at most 1024 each "
+                "(frames are learned whole, one per step)"
+            )
+        if self.patch > min(self.height, self.width):
+            raise ConfigError(
+                f"vision.patch = {self.patch} is larger than the {self.height} x "
+                f"{self.width} frame"
+            )
+        for name, size in (("height", self.height), ("width", self.width)):
+            if (size - self.patch) % self.patch_stride:
+                fitting = (
+                    self.patch + (size - self.patch) // self.patch_stride * self.patch_stride
+                )
+                raise ConfigError(
+                    f"vision.{name} = {size} is not covered by {self.patch}-pixel patches "
+                    f"every {self.patch_stride}: pick a {name} of patch + n x patch_stride "
+                    f"(e.g. {fitting})"
+                )
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color is Color.GRAY else 3
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch rows and columns of a frame."""
+        return (
+            (self.height - self.patch) // self.patch_stride + 1,
+            (self.width - self.patch) // self.patch_stride + 1,
+        )
+
+
+@dataclass
 class Config:
     preset: str = "custom"
     seed: int = 0
@@ -268,6 +379,7 @@ class Config:
     rule: RuleConfig = field(default_factory=RuleConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
 
     def __post_init__(self) -> None:
         if (
@@ -278,6 +390,20 @@ class Config:
             raise ConfigError(f"seed = {self.seed!r} must be an integer in [0, 2**63)")
         if not self.layers:
             raise ConfigError("layers is empty: a config needs at least one layer")
+        if self.rule.score_scale and len(self.rule.score_scale) != len(self.layers):
+            raise ConfigError(
+                f"rule.score_scale has {len(self.rule.score_scale)} values for "
+                f"{len(self.layers)} layers: give one per layer, or none for 1.0 everywhere"
+            )
+        if self.is_vision:
+            self._check_vision()
+            return
+        for i, layer in enumerate(self.layers):
+            if layer.kind is LayerKind.CONV2D:
+                raise ConfigError(
+                    f"layers[{i}] is conv2d, which needs frontend.kind = 'image' (a camera, "
+                    "video or image source); audio front ends take conv1d and linear layers"
+                )
         # Check the frame geometry once, so that every layer pools a whole number of
         # positions into each frame, and every carry fits in one block.
         g = self.positions_per_frame()
@@ -294,21 +420,52 @@ class Config:
                 f"frontend.win_length = {fe.win_length} reaches further back than one block "
                 f"({self.block_samples} samples): raise stream.block_frames"
             )
-        if self.rule.score_scale and len(self.rule.score_scale) != len(self.layers):
-            raise ConfigError(
-                f"rule.score_scale has {len(self.rule.score_scale)} values for "
-                f"{len(self.layers)} layers: give one per layer, or none for 1.0 everywhere"
-            )
         if self.stream.block_frames < self.rule.offsets:
             raise ConfigError(
                 f"stream.block_frames = {self.stream.block_frames} is smaller than "
                 f"rule.offsets = {self.rule.offsets}; a block must hold at least K frames"
             )
 
+    def _check_vision(self) -> None:
+        for i, layer in enumerate(self.layers):
+            if layer.kind is not LayerKind.CONV2D:
+                raise ConfigError(
+                    f"layers[{i}] is {layer.kind.value}: with frontend.kind = 'image' every "
+                    "layer is conv2d"
+                )
+        rows, _ = self.vision.grid
+        if rows < self.vision.skip_rows + self.rule.offsets + 1:
+            raise ConfigError(
+                f"the {rows}-row patch grid is too short for rule.offsets = "
+                f"{self.rule.offsets} with vision.skip_rows = {self.vision.skip_rows}: a "
+                f"patch must have a row {self.vision.skip_rows + self.rule.offsets} rows "
+                "below it; lower the offsets or use smaller patches / a taller frame"
+            )
+        if self.quant.enabled:
+            raise ConfigError(
+                "quantisation-aware learning (quant.enabled) is not available for the image "
+                "front end yet; learn in float (leave --quant out)"
+            )
+        self.patch_sizes()  # every layer keeps at least one position
+
+    @property
+    def is_vision(self) -> bool:
+        return self.frontend.kind is FrontendKind.IMAGE
+
+    def patch_sizes(self) -> list[int]:
+        """Side of a patch's square map at the input (index 0) and after every layer."""
+        sizes = [self.vision.patch]
+        for layer in self.layers:
+            sizes.append(-(-sizes[-1] // layer.stride))
+        return sizes
+
     # -- derived geometry -------------------------------------------------------------
 
     def positions_per_frame(self) -> list[int]:
-        """``g`` for the front end (index 0) and every layer (1..L)."""
+        """``g`` for the front end (index 0) and every layer (1..L); for images, the
+        positions of one patch."""
+        if self.is_vision:
+            return [size * size for size in self.patch_sizes()]
         fe = self.frontend
         if fe.frame_hop % fe.hop:
             raise ConfigError(f"frontend.frame_hop = {fe.frame_hop} is not a multiple of hop")
@@ -358,7 +515,7 @@ class Config:
         """The config as TOML that ``--config`` reads back to an equal config."""
         data = self.to_dict()
         lines = [f"{k} = {_toml_value(data[k])}" for k in ("preset", "seed")]
-        for section in ("frontend", "rule", "stream", "quant"):
+        for section in ("frontend", "rule", "stream", "quant", "vision"):
             lines += ["", f"[{section}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items()]
         for layer in data["layers"]:
@@ -381,6 +538,7 @@ class Config:
             "rule": _section(RuleConfig, data.pop("rule", {}), "rule"),
             "stream": _section(StreamConfig, data.pop("stream", {}), "stream"),
             "quant": _section(QuantConfig, data.pop("quant", {}), "quant"),
+            "vision": _section(VisionConfig, data.pop("vision", {}), "vision"),
             "layers": [
                 _section(LayerConfig, layer, f"layers[{i}]") for i, layer in enumerate(layers)
             ],
@@ -419,6 +577,13 @@ def _conv(channels: int, kernel: int, stride: int) -> dict[str, Any]:
     return {"kind": "conv1d", "channels": channels, "kernel": kernel, "stride": stride}
 
 
+def _conv2d(channels: int, kernel: int, stride: int, pool: str = "avg") -> dict[str, Any]:
+    return {
+        "kind": "conv2d", "channels": channels, "kernel": kernel, "stride": stride,
+        "pool": pool,
+    }  # fmt: skip
+
+
 # Raw-waveform stack after Greedy InfoMax's audio encoder: kernels 10, 8, 4, 4, 4 and
 # strides 5, 4, 2, 2, 2 (160 samples = 10 ms per output at 16 kHz), narrowed from 512 to
 # 128 channels so the learner streams well faster than real time on two CPU cores.
@@ -451,6 +616,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
         "rule": {"variant": "clapp", "offsets": 4, "schedule": "either", "lr": 0.003},
         "stream": {"block_frames": 20, "replay_capacity": 8},
+    },
+    # Camera / video: 32 x 32 grey frames cut into a 7 x 7 grid of 8 x 8 patches every 4
+    # pixels (the published 64 x 64 / 16 / 8 geometry at half scale); three 3 x 3 conv
+    # layers of 32, 64, 64 channels, one patch row predicting the rows 2..4 below it.
+    "vision": {
+        "frontend": {"kind": "image"},
+        "vision": {"height": 32, "width": 32, "patch": 8, "patch_stride": 4},
+        "layers": [
+            _conv2d(32, 3, 1),
+            _conv2d(64, 3, 2),
+            _conv2d(64, 3, 1),
+        ],
+        "rule": {"variant": "clapp", "offsets": 3, "schedule": "either", "lr": 0.1},
+        "stream": {"replay_capacity": 32},
+    },
+    # A microcontroller-sized camera learner: 24 x 24 grey frames, a 5 x 5 grid of 8 x 8
+    # patches, two conv layers of 8 and 16 channels, rows 2..3 below, a pool of 16 frames.
+    "vision-mcu": {
+        "frontend": {"kind": "image"},
+        "vision": {"height": 24, "width": 24, "patch": 8, "patch_stride": 4},
+        "layers": [_conv2d(8, 3, 1), _conv2d(16, 3, 2)],
+        "rule": {"variant": "clapp", "offsets": 2, "schedule": "either", "lr": 0.1},
+        "stream": {"replay_capacity": 16},
     },
     # For smoke tests: the raw geometry with 8 channels.
     "tiny": {

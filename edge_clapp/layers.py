@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from edge_clapp.config import LayerConfig, QuantConfig, RuleConfig, Variant
+from edge_clapp.config import LayerConfig, LayerKind, QuantConfig, RuleConfig, Variant
 from edge_clapp.quant import (
     BIAS,
     UINT8,
@@ -46,7 +46,8 @@ def init_parameters(
     He-normal weights (relu keeps the activation scale from layer to layer, so deep layers
     do not start with vanishing scores), zero bias; prediction matrices small so the first
     scores sit well inside the margin; ``retro`` only for CLAPP."""
-    patch, channels = in_channels * config.kernel, config.channels
+    taps = config.kernel**2 if config.kind is LayerKind.CONV2D else config.kernel
+    patch, channels = in_channels * taps, config.channels
     out = {
         "weight": torch.randn(channels, patch, generator=generator) * math.sqrt(2.0 / patch),
         "bias": torch.zeros(channels),
@@ -58,7 +59,25 @@ def init_parameters(
     return out
 
 
-class ClappLayer:
+class LayerParameters:
+    """What every CLAPP layer learns: forward weight and bias, the prediction matrices,
+    and for CLAPP the retrodiction matrices; ``pool`` says how its positions become a
+    frame's vector."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    pred: torch.Tensor
+    retro: torch.Tensor | None
+    pool: str = "avg"
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        params = {"weight": self.weight, "bias": self.bias, "pred": self.pred}
+        if self.retro is not None:
+            params["retro"] = self.retro
+        return params
+
+
+class ClappLayer(LayerParameters):
     def __init__(
         self,
         config: LayerConfig,
@@ -105,12 +124,6 @@ class ClappLayer:
             self.out_observer = RangeObserver(self.quant, signed=False)
 
     # -- bookkeeping --------------------------------------------------------------------
-
-    def parameters(self) -> dict[str, torch.Tensor]:
-        params = {"weight": self.weight, "bias": self.bias, "pred": self.pred}
-        if self.retro is not None:
-            params["retro"] = self.retro
-        return params
 
     def buffers(self) -> dict[str, torch.Tensor]:
         out = {

@@ -100,11 +100,12 @@ def _warn_sparingly(count: int, message: str) -> None:
 
 
 def initial_parameters(config: Config) -> tuple[list[dict[str, torch.Tensor]], torch.Generator]:
-    """Every layer's initial parameters as ``OnlineLearner(config)`` draws them, and the
+    """Every layer's initial parameters as ``make_learner(config)`` draws them, and the
     generator in the state the learner's would be in after them (its pairs come next),
     without allocating the learner's buffers."""
     generator = torch.Generator().manual_seed(config.seed)
-    params, in_channels = [], config.frontend.channels
+    params = []
+    in_channels = config.vision.channels if config.is_vision else config.frontend.channels
     for layer_config in config.layers:
         params.append(init_parameters(layer_config, in_channels, config.rule, generator))
         in_channels = layer_config.channels
@@ -178,7 +179,98 @@ def draw_pairs(
     return Pairs(context=context, candidate=candidate, label=label, weight=weight)
 
 
-class OnlineLearner:
+class LearnerBase:
+    """What the audio and the camera learners share: applying an update without ever
+    making the state non-finite, containing overflowed activations, the meters, sizes.
+    A subclass sets config, layers, counters, meters, interval and ``tensors()``."""
+
+    config: Config
+    layers: list
+    score_scales: list[float]
+    generator: torch.Generator
+    next_segment: int  # segments (audio) or scenes (camera) started so far
+    pending_boundary: bool  # the next block / frame starts a new one
+    counters: Counters
+    meters: list[LayerMeter]
+    interval: list[LayerMeter]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of all state the learner holds (parameters, rings, pool, scratch, and
+        under quantisation the grid's weights, which checkpoints do not store)."""
+        derived = [t for layer in self.layers for t in layer.derived().values()]
+        return sum(t.numel() * t.element_size() for t in [*self.tensors().values(), *derived])
+
+    def parameter_count(self) -> dict[str, int]:
+        forward = sum(layer.weight.numel() + layer.bias.numel() for layer in self.layers)
+        rule = sum(
+            layer.pred.numel() + (layer.retro.numel() if layer.retro is not None else 0)
+            for layer in self.layers
+        )
+        return {"encoder": forward, "prediction": rule}
+
+    def _contain_overflow(self, layer) -> None:
+        """Zeroes activations that overflowed, so that they never enter the rings, the
+        carries or the next layer; the state stays finite and checkpoints loadable.
+
+        Only weights grown far too large (a learning rate too high) overflow here."""
+        if all_finite(layer.z_rows):
+            return
+        layer.z_rows.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        self.counters.activations_overflowed += 1
+        _warn_sparingly(
+            self.counters.activations_overflowed,
+            "activations overflowed in %d layer step(s) so far and were zeroed: the "
+            "weights have grown too large; lower --lr (or rule.score_scale)",
+        )
+
+    def _apply(self, layer, update: RuleStep, lr: float) -> None:
+        """Adds lr x the update to the layer, or nothing if any result would be non-finite."""
+        pairs = [
+            (layer.weight, update.weight),
+            (layer.bias, update.bias),
+            (layer.pred, update.pred),
+        ]
+        if layer.retro is not None:
+            pairs.append((layer.retro, update.retro))
+        # The sum is checked, not only the update: a finite step can still overflow.
+        updated = [torch.add(param, delta, alpha=lr) for param, delta in pairs]
+        if all(all_finite(u) for u in updated):
+            for (param, _), new in zip(pairs, updated, strict=True):
+                param.copy_(new)
+            return
+        self.counters.updates_rejected_nonfinite += 1
+        _warn_sparingly(
+            self.counters.updates_rejected_nonfinite,
+            "%d non-finite layer update(s) rejected so far (weights left unchanged by "
+            "them): the learning rate is probably too high for this input; lower --lr (or "
+            "rule.score_scale)",
+        )
+
+    def _rule_step(self, index: int, layer, pairs: Pairs) -> RuleStep:
+        """The rule's update for one layer from its workspace (explicit, no autograd)."""
+        return clapp_step(
+            layer.x_rows,
+            layer.z_rows,
+            layer.g,
+            layer.pred,
+            layer.retro,
+            pairs,
+            self.score_scales[index],
+            pool=layer.pool,
+        )
+
+    def take_interval(self) -> list[dict[str, float]]:
+        """Per-layer means since the previous call (for progress display)."""
+        out = [m.summary() for m in self.interval]
+        self.interval = [LayerMeter() for _ in self.layers]
+        return out
+
+
+class OnlineLearner(LearnerBase):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -231,21 +323,6 @@ class OnlineLearner:
         out["segment"] = self.segment
         out["ring_valid"] = self.ring_valid
         return out
-
-    @property
-    def state_bytes(self) -> int:
-        """Bytes of all state the learner holds (parameters, rings, pool, scratch, and
-        under quantisation the grid's weights, which checkpoints do not store)."""
-        derived = [t for layer in self.layers for t in layer.derived().values()]
-        return sum(t.numel() * t.element_size() for t in [*self.tensors().values(), *derived])
-
-    def parameter_count(self) -> dict[str, int]:
-        forward = sum(layer.weight.numel() + layer.bias.numel() for layer in self.layers)
-        rule = sum(
-            layer.pred.numel() + (layer.retro.numel() if layer.retro is not None else 0)
-            for layer in self.layers
-        )
-        return {"encoder": forward, "prediction": rule}
 
     def macs_per_second(self) -> int:
         """Multiply-accumulates of the encoder's forward pass per second of audio."""
@@ -400,62 +477,6 @@ class OnlineLearner:
         c.blocks_learned += 1
         return True
 
-    def _rule_step(self, index: int, layer: ClappLayer, pairs: Pairs) -> RuleStep:
-        """The rule's update for one layer from its workspace (explicit, no autograd)."""
-        return clapp_step(
-            layer.x_rows,
-            layer.z_rows,
-            layer.g,
-            layer.pred,
-            layer.retro,
-            pairs,
-            self.score_scales[index],
-        )
-
-    def _contain_overflow(self, layer: ClappLayer) -> None:
-        """Zeroes activations that overflowed, so that they never enter the rings, the
-        carries or the next layer; the state stays finite and checkpoints loadable.
-
-        Only weights grown far too large (a learning rate too high) overflow here."""
-        if all_finite(layer.z_rows):
-            return
-        layer.z_rows.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        self.counters.activations_overflowed += 1
-        _warn_sparingly(
-            self.counters.activations_overflowed,
-            "activations overflowed in %d layer step(s) so far and were zeroed: the "
-            "weights have grown too large; lower --lr (or rule.score_scale)",
-        )
-
-    def _apply(self, layer: ClappLayer, update: RuleStep, lr: float) -> None:
-        """Adds lr x the update to the layer, or nothing if any result would be non-finite."""
-        pairs = [
-            (layer.weight, update.weight),
-            (layer.bias, update.bias),
-            (layer.pred, update.pred),
-        ]
-        if layer.retro is not None:
-            pairs.append((layer.retro, update.retro))
-        # The sum is checked, not only the update: a finite step can still overflow.
-        updated = [torch.add(param, delta, alpha=lr) for param, delta in pairs]
-        if all(all_finite(u) for u in updated):
-            for (param, _), new in zip(pairs, updated, strict=True):
-                param.copy_(new)
-            return
-        self.counters.updates_rejected_nonfinite += 1
-        _warn_sparingly(
-            self.counters.updates_rejected_nonfinite,
-            "%d non-finite layer update(s) rejected so far (weights left unchanged by "
-            "them): the learning rate is probably too high for this input; lower --lr (or "
-            "rule.score_scale)",
-        )
-
-    def take_interval(self) -> list[dict[str, float]]:
-        """Per-layer means since the previous call (for progress display)."""
-        out = [m.summary() for m in self.interval]
-        self.interval = [LayerMeter() for _ in self.layers]
-        return out
-
     # -- inference ----------------------------------------------------------------------
 
     @torch.no_grad()
@@ -496,3 +517,13 @@ class OnlineLearner:
         return [
             pool_frames(x, layer.g) for x, layer in zip(positions, self.layers, strict=True)
         ]
+
+
+def make_learner(config: Config) -> OnlineLearner:
+    """The learner a config describes: the camera learner for ``frontend.kind = "image"``,
+    else the audio one."""
+    if config.is_vision:
+        from edge_clapp.vision import VisionLearner
+
+        return VisionLearner(config)
+    return OnlineLearner(config)

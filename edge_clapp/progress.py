@@ -19,19 +19,23 @@ def _num(value: float | None, fmt: str = "+.2f") -> str:
 
 
 class ProgressBar:
-    """Audio seconds consumed, speed as a multiple of real time, and per layer the hinge
-    loss with the mean positive / negative scores since the last refresh."""
+    """Audio seconds (or frames) consumed, speed as a multiple of real time (or frames
+    per second), and per layer the hinge loss with the mean positive / negative scores
+    since the last refresh."""
 
-    def __init__(self, total_seconds: float | None, label: str = "learning") -> None:
+    def __init__(
+        self, total_seconds: float | None, label: str = "learning", unit: str = "s audio"
+    ) -> None:
+        self.unit = unit
         options = dict(
             total=round(total_seconds, 1) if total_seconds else None,
             desc=label,
-            unit="s audio",
+            unit=unit,
             file=sys.stderr,
             dynamic_ncols=True,
-            bar_format="{desc}: {n:.0f}/{total_fmt} s audio |{bar:20}| {elapsed} {postfix}"
+            bar_format="{desc}: {n:.0f}/{total_fmt} " + unit + " |{bar:20}| {elapsed} {postfix}"
             if total_seconds
-            else "{desc}: {n:.0f} s audio {elapsed} {postfix}",
+            else "{desc}: {n:.0f} " + unit + " {elapsed} {postfix}",
         )
         try:
             self.bar = tqdm(**options)
@@ -47,7 +51,12 @@ class ProgressBar:
         )
         try:
             self.bar.n = round(progress.audio_seconds, 1)
-            self.bar.set_postfix_str(f"{progress.speed:.1f}x RT | loss +pos/-neg: {layers}")
+            speed = (
+                f"{progress.speed:.1f} frames/s"
+                if self.unit == "frames"
+                else f"{progress.speed:.1f}x RT"
+            )
+            self.bar.set_postfix_str(f"{speed} | loss +pos/-neg: {layers}")
         except OSError:  # stderr closed (e.g. piped into `head`): learning goes on
             self.bar.disable = True
 
@@ -59,11 +68,28 @@ class ProgressBar:
 
 
 def print_metrics(result: dict[str, Any], out: Path) -> None:
-    speed = result.get("speed_x_realtime")
-    print(
-        f"learned from {result['audio_seconds']:.1f} s of audio in {result['wall_seconds']:.1f}"
-        f" s ({_num(speed, '.1f')}x real time); state {result['state_bytes']:,} bytes"
-    )
+    if "frames" in result:
+        print(
+            f"learned from {result['frames']:,} frames in {result['wall_seconds']:.1f} s "
+            f"({_num(result['frames_per_second'], '.1f')} frames/s); state "
+            f"{result['state_bytes']:,} bytes"
+        )
+        stats = result.get("source") or {}
+        if stats:
+            fps = stats.get("fps")
+            print(
+                f"source: {stats.get('frames_read', 0):,} frames read"
+                + (f" at {fps:.2f} fps" if fps else "")
+                + f", {stats.get('frames_dropped', 0):,} dropped, "
+                f"{stats.get('scene_cuts', 0):,} scene cuts"
+            )
+    else:
+        speed = result.get("speed_x_realtime")
+        print(
+            f"learned from {result['audio_seconds']:.1f} s of audio in "
+            f"{result['wall_seconds']:.1f} s ({_num(speed, '.1f')}x real time); state "
+            f"{result['state_bytes']:,} bytes"
+        )
     print(f"{'layer':>5} {'loss':>7} {'pos':>7} {'neg':>7} {'gate open':>9}")
     for row in result["layers"]:
         print(

@@ -1,8 +1,9 @@
 """The CLAPP rule for one layer, written out as explicit tensor updates.
 
 Shape legend:
-    N   frames in the layer's workspace (ring + current block + replayed negatives)
-    g   positions per frame (pooled by averaging into the frame vector)
+    N   frames in the layer's workspace (ring + current block + replayed negatives); for
+        images, patches (current frame + replayed frames)
+    g   positions per frame (pooled into the frame vector by their mean or maximum)
     D   input features per position (C_in * kernel)
     C   output channels
     K   prediction offsets (1..K frames ahead)
@@ -53,10 +54,24 @@ class RuleStep:
     gate_open: torch.Tensor  # scalar: pairs in use whose hinge gate is open
 
 
-def pool_frames(z_rows: torch.Tensor, g: int) -> torch.Tensor:
-    """Average ``g`` consecutive positions into one frame vector: (N*g, C) -> (N, C)."""
+def pool_frames(z_rows: torch.Tensor, g: int, pool: str = "avg") -> torch.Tensor:
+    """Pool ``g`` consecutive positions into one frame vector: (N*g, C) -> (N, C), by
+    their mean (``avg``) or per channel their maximum (``max``)."""
     n_rows, channels = z_rows.shape
-    return z_rows.view(n_rows // g, g, channels).mean(dim=1)
+    grouped = z_rows.view(n_rows // g, g, channels)
+    return grouped.mean(dim=1) if pool == "avg" else grouped.max(dim=1).values
+
+
+def _pool_with_routing(
+    z_rows: torch.Tensor, g: int, pool: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C) frame vectors and, for max pooling, the (N, C) position of each maximum
+    (torch.max's choice among ties, the position autograd routes the gradient to)."""
+    if pool == "avg":
+        return pool_frames(z_rows, g), None
+    n_rows, channels = z_rows.shape
+    values, where = z_rows.view(n_rows // g, g, channels).max(dim=1)
+    return values, where
 
 
 @torch.no_grad()
@@ -68,6 +83,7 @@ def clapp_step(
     retro: torch.Tensor | None,
     pairs: Pairs,
     score_scale: float = 1.0,
+    pool: str = "avg",
 ) -> RuleStep:
     """Explicit CLAPP (``retro`` given) or CLAPP-s (``retro`` None) update for one layer.
 
@@ -80,9 +96,11 @@ def clapp_step(
         retro: (K, C, C) retrodiction matrices R_k (CLAPP) or None (CLAPP-s: R_k = P_k^T).
         pairs: which frames are paired, their labels and weights.
         score_scale: s in u = s z'^T P_k c, the score's unit against the margin 1.
+        pool: "avg" (mean of a frame's g positions) or "max" (per channel maximum; the
+            error reaches only the position of the maximum).
     """
     n_rows, channels = z_rows.shape
-    zhat = pool_frames(z_rows, g)  # (N, C)
+    zhat, argmax = _pool_with_routing(z_rows, g, pool)  # (N, C)
     y, w = pairs.label, pairs.weight
     ctx = zhat[pairs.context]  # (K, M, C)
     cand = zhat[pairs.candidate]  # (K, M, C)
@@ -113,9 +131,15 @@ def clapp_step(
         d_retro = torch.bmm((ctx * (score_scale * third_r)[..., None]).transpose(1, 2), cand)
         err.index_add_(0, pairs.context.reshape(-1), (third_r[..., None] * back).flatten(0, 1))
 
-    # Through the average pool (1/g per position) and relu' to every position, then the
-    # outer product with the layer's input: one matmul over all frames.
-    err_rows = err.repeat_interleave(g, dim=0).mul_(1.0 / g)  # (N*g, C)
+    # Through the pool (average: 1/g to every position; max: all of it to the argmax
+    # position) and relu', then the outer product with the layer's input: one matmul
+    # over all frames.
+    if argmax is None:
+        err_rows = err.repeat_interleave(g, dim=0).mul_(1.0 / g)  # (N*g, C)
+    else:
+        err_rows = torch.zeros_like(z_rows).view(-1, g, channels)
+        err_rows.scatter_(1, argmax[:, None, :], err[:, None, :])
+        err_rows = err_rows.view(n_rows, channels)
     err_rows.mul_(z_rows > 0)
     d_weight = err_rows.t() @ x_rows  # (C, D)
     d_bias = err_rows.sum(0)  # (C,)

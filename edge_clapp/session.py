@@ -20,38 +20,51 @@ from typing import Any
 
 from edge_clapp.checkpoint import save_checkpoint
 from edge_clapp.errors import HardInterrupt, SessionError
-from edge_clapp.learner import OnlineLearner
-from edge_clapp.sources import Source
+from edge_clapp.learner import LearnerBase, OnlineLearner
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Progress:
-    audio_seconds: float  # consumed by this session
+    audio_seconds: float  # consumed by this session; for a camera learner, frames
     wall_seconds: float
     layers: list[dict[str, float]]  # per layer means since the previous report
 
     @property
     def speed(self) -> float:
-        """Audio seconds per wall second (a multiple of real time)."""
+        """Audio seconds (or frames) per wall second."""
         return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
 def metrics(
-    learner: OnlineLearner, source: Source | None, audio_seconds: float, wall_seconds: float
+    learner: LearnerBase, source: Any, amount: float, wall_seconds: float
 ) -> dict[str, Any]:
-    """What a run reports: sizes, speed, counters and the per-layer rule statistics."""
+    """What a run reports: sizes, speed, counters and the per-layer rule statistics.
+    ``amount``: audio seconds, or for the camera learner frames, of this session."""
     c = learner.counters
+    speed = amount / wall_seconds if wall_seconds > 0 else None
+    if learner.config.is_vision:
+        head = {
+            "frames": int(amount),
+            "wall_seconds": wall_seconds,
+            "frames_per_second": speed,
+            "total_frames": c.blocks_learned,
+            "forward_macs_per_frame": learner.macs_per_frame(),
+        }
+    else:
+        head = {
+            "audio_seconds": amount,
+            "wall_seconds": wall_seconds,
+            "speed_x_realtime": speed,
+            "total_audio_seconds": c.blocks_learned * learner.config.block_seconds,
+            "forward_macs_per_audio_second": learner.macs_per_second(),
+        }
     return {
         "preset": learner.config.preset,
-        "audio_seconds": audio_seconds,
-        "wall_seconds": wall_seconds,
-        "speed_x_realtime": audio_seconds / wall_seconds if wall_seconds > 0 else None,
-        "total_audio_seconds": c.blocks_learned * learner.config.block_seconds,
+        **head,
         "state_bytes": learner.state_bytes,
         "parameters": learner.parameter_count(),
-        "forward_macs_per_audio_second": learner.macs_per_second(),
         "counters": dict(c.__dict__),
         "source": source.stats.to_dict() if source is not None else None,
         "layers": [
@@ -127,8 +140,8 @@ class _DeferInterrupt:
 
 
 def run(
-    learner: OnlineLearner,
-    source: Source,
+    learner: LearnerBase,
+    source: Any,
     out_dir: Path,
     *,
     max_seconds: float | None = None,
@@ -145,16 +158,36 @@ def run(
     metrics. An interrupted run still writes its checkpoint and metrics. ``resume_info`` is
     stored in the checkpoint for ``--resume``, with the position in the source:
     ``source_offset`` (samples skipped at its start) plus the samples consumed here.
+
+    A camera learner (a vision config) reads the source's frames instead of blocks; then
+    every amount above counts frames instead of audio seconds or samples, and the position
+    is the source's index after the last frame learned (frames that failed to decode
+    included).
     """
     resume_info = resume_info or {}
-    block_samples = learner.config.block_samples
+    position = source_offset  # where a resumed run starts reading the source
+    if learner.config.is_vision:
+        items, per_step = source.frames(), 1.0
+
+        def feed(frame: Any) -> None:
+            nonlocal position
+            learner.step(frame.image, frame.boundary, frame.dropped)
+            position = frame.index + 1  # frames lost to decoding count: they are skipped
+    else:
+        items, per_step = source.blocks(), learner.config.block_seconds
+
+        def feed(block: Any) -> None:
+            nonlocal position
+            learner.step(block.samples, block.starts, block.overflows)
+            position += learner.config.block_samples
+
     blocks_here = 0
 
     def checkpoint() -> None:
         info = {
             **resume_info,
             "source": source.description,
-            "samples_consumed": source_offset + blocks_here * block_samples,
+            "samples_consumed": position,
         }
         save_checkpoint(learner, out_dir / "checkpoint", info)
 
@@ -167,19 +200,18 @@ def run(
         raise SessionError(
             f"cannot write the run folder '{out_dir}' ({exc.strerror})"
         ) from None
-    block_seconds = learner.config.block_seconds
     next_checkpoint = checkpoint_every
     started = time.perf_counter()
     last_report = started
     guard = _DeferInterrupt()
     try:
         with guard:
-            for block in source.blocks():
+            for item in items:
                 guard.in_step = True
-                learner.step(block.samples, block.starts, block.overflows)
+                feed(item)
                 blocks_here += 1
                 guard.in_step = False
-                audio = blocks_here * block_seconds
+                audio = blocks_here * per_step
                 now = time.perf_counter()
                 if on_progress is not None and now - last_report >= report_every:
                     on_progress(Progress(audio, now - started, learner.take_interval()))
@@ -196,7 +228,7 @@ def run(
     finally:
         source.close()
     wall = time.perf_counter() - started
-    audio = blocks_here * block_seconds
+    audio = blocks_here * per_step
     if on_progress is not None:
         on_progress(Progress(audio, wall, learner.take_interval()))
     result = metrics(learner, source, audio, wall)

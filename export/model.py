@@ -278,7 +278,13 @@ def build_model(
     int8: QDQ form on the learner's quantisation grid (needs a run learned with
     quantisation): the front end's output quantized to int8, each layer on int8 weights
     and int32 bias with uint8 outputs; extra outputs ``codes_L`` (1, T_L, C_L) uint8, the
-    layer's output codes at every position; carries are codes."""
+    layer's output codes at every position; carries are codes.
+
+    A vision run's graph is built by ``edge_clapp.export.vision.build_vision_model``."""
+    if learner.config.is_vision:
+        from edge_clapp.export.vision import build_vision_model
+
+        return build_vision_model(learner, layers, streaming=streaming, int8=int8)
     config = learner.config
     count = len(learner.layers) if layers is None else layers
     if not 1 <= count <= len(learner.layers):
@@ -560,7 +566,12 @@ def check_in_onnxruntime(model: onnx.ModelProto, learner: OnlineLearner) -> dict
     """Runs ``model`` in onnxruntime on the test signal against the learner (torch): every
     frames output within TOLERANCE of ``learner.encode``; for an int8 graph every codes
     output against the learner's codes (at least MIN_CODES_EQUAL equal, none further
-    than MAX_CODE_DIFF apart). Returns the figures; raises ExportError past a bound."""
+    than MAX_CODE_DIFF apart). Returns the figures; raises ExportError past a bound.
+    A vision run's graph is checked by ``check_vision_in_onnxruntime`` on video frames."""
+    if learner.config.is_vision:
+        from edge_clapp.export.vision import check_vision_in_onnxruntime
+
+        return check_vision_in_onnxruntime(model, learner)
     import onnxruntime
 
     config = learner.config

@@ -6,8 +6,9 @@ the initial weights image, front-end tables), from the config alone. The front e
 (log-mel) is outside the twin; its buffers are an estimate for a q15 implementation and
 are marked so.
 
-Cycles, per hop (one frame, 10 ms at 16 kHz): operation counts of each kernel from the
-config (multiply-accumulates and per-element operations), times a per-core cost:
+Cycles, per hop (one frame, 10 ms at 16 kHz) for audio, per camera frame at a frame
+rate for vision: operation counts of each kernel from the config (multiply-accumulates
+and per-element operations), times a per-core cost:
 
     Cortex-M7   1.0 cycle per int8 MAC, 12 cycles per element
     Cortex-M4F  2.0 cycles per int8 MAC, 16 cycles per element
@@ -21,6 +22,13 @@ stochastic rounding (a 64-bit multiply, shifts, the 3-multiply hash, a saturatio
 These are estimates; beside them ``--measure`` counts the instructions our plain C99
 kernels execute under QEMU (Cortex-M7 ISA, ``qemu.py``), which do not use the DSP
 instructions.
+
+Vision (conv2d patch encoder, ``edge_clapp.vision``): there is no integer twin of it yet,
+so its plan follows the audio plan's conventions for the same buffers an integer learner
+would hold: int8 weights and prediction matrices, int32 biases and sums, uint8 codes, the
+per-layer workspace of ``(1 + negatives) P`` patches (windows and outputs) rebuilt every
+frame, the current frame and the replay pool as uint8 pixels. Its kernel code is an
+estimate (no conv2d kernels exist to measure).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from edge_clapp.config import Config, FrontendKind, Variant
+from edge_clapp.config import Config, FrontendKind, Pool, Schedule, Variant
 from edge_clapp.errors import EdgeClappError
 
 
@@ -67,6 +75,9 @@ CYCLES = {  # core: (cycles per int8 MAC, cycles per element); see the module do
     "Cortex-M4F": (2.0, 16.0),
 }
 STACK_BYTES = 8 * KIB  # an allowance for the stack and the C runtime
+CODE_BYTES_ESTIMATE = 8 * KIB  # the kernels' flash when no toolchain measured it
+PAIR_BYTES = 4 + 4 + 1 + 1 + 2  # per pair slot: context and candidate index, label, gates
+DEFAULT_FPS = 10.0  # a vision run's frame rate when none is given (vtest.avi's)
 
 
 class BudgetError(EdgeClappError):
@@ -82,9 +93,39 @@ class Buffer:
     note: str = ""
 
 
+def _learned_buffers(layer: int, C: int, D: int, config: Config) -> list[Buffer]:
+    """What learning writes in one layer, in SRAM, and its initial image in flash:
+    weights (C, D) int8, bias int32, P (and R) int8, the fixed-point constants."""
+    K = config.rule.offsets
+    matrices = (2 if config.rule.variant is Variant.CLAPP else 1) * K * C * C
+    params = [
+        ("weights (int8)", C * D),
+        ("bias (int32)", 4 * C),
+        ("prediction matrices (int8)", matrices),
+        ("multipliers and thresholds", 8 * C + 16 * C + 8 + 8 * K),
+    ]
+    out = []
+    for name, size in params:
+        out.append(Buffer(name, layer, "sram", size))
+        out.append(Buffer(f"initial {name}", layer, "flash", size))
+    return out
+
+
+def _code_buffer(code_bytes: int | None) -> Buffer:
+    return Buffer(
+        "kernel code",
+        None,
+        "flash",
+        code_bytes if code_bytes is not None else CODE_BYTES_ESTIMATE,
+        "arm-none-eabi-size" if code_bytes is not None else "estimate",
+    )
+
+
 def plan_memory(config: Config, code_bytes: int | None = None) -> list[Buffer]:
     """Every buffer of the integer learner, from the config. ``code_bytes``: the kernels'
     flash (text + data) from arm-none-eabi-size, or None for an estimate of 8 KiB."""
+    if config.is_vision:
+        return _plan_vision(config, code_bytes)
     K, F = config.rule.offsets, config.stream.block_frames
     g = config.positions_per_frame()
     fe = config.frontend
@@ -96,16 +137,7 @@ def plan_memory(config: Config, code_bytes: int | None = None) -> list[Buffer]:
         D = in_channels * k
         rows = (K + 2 * F) * g[i + 1]
         carry = k - layer.stride
-        matrices = (2 if config.rule.variant is Variant.CLAPP else 1) * K * C * C
-        params = [
-            ("weights (int8)", C * D),
-            ("bias (int32)", 4 * C),
-            ("prediction matrices (int8)", matrices),
-            ("multipliers and thresholds", 8 * C + 16 * C + 8 + 8 * K),
-        ]
-        for name, size in params:
-            out.append(Buffer(name, i + 1, "sram", size))
-            out.append(Buffer(f"initial {name}", i + 1, "flash", size))
+        out += _learned_buffers(i + 1, C, D, config)
         out += [
             Buffer("input with carry (codes)", i + 1, "sram", (carry + F * g[i]) * in_channels),
             Buffer(
@@ -124,7 +156,7 @@ def plan_memory(config: Config, code_bytes: int | None = None) -> list[Buffer]:
     out += [
         Buffer("frame errors (int64, shared)", None, "sram", 8 * widest_rows),
         Buffer("update row (int64, shared)", None, "sram", 8 * widest_row),
-        Buffer("pairs: indices, labels, gates", None, "sram", pairs * (4 + 4 + 1 + 1 + 2)),
+        Buffer("pairs: indices, labels, gates", None, "sram", pairs * PAIR_BYTES),
         Buffer(
             "replay pool (front-end codes)",
             None,
@@ -146,21 +178,96 @@ def plan_memory(config: Config, code_bytes: int | None = None) -> list[Buffer]:
     else:
         out.append(Buffer("audio block (int16)", None, "sram", 2 * block))
     out.append(Buffer("stack and runtime", None, "sram", STACK_BYTES, "allowance"))
-    out.append(
-        Buffer(
-            "kernel code",
-            None,
-            "flash",
-            code_bytes if code_bytes is not None else 8 * KIB,
-            "arm-none-eabi-size" if code_bytes is not None else "estimate",
-        )
+    out.append(_code_buffer(code_bytes))
+    return out
+
+
+# -- vision ------------------------------------------------------------------------------
+#
+# Shape legend: P patches per frame (R rows x Q columns), n replayed frames per step,
+# S = (1 + n) P patches in a layer's workspace, g_l = s_l^2 positions of a patch's map
+# after layer l, D = C_in k^2 one input window, K offsets.
+
+
+@dataclass(frozen=True)
+class VisionGeometry:
+    """What sizes a vision learner's buffers and work, from its config."""
+
+    patches: int  # P
+    negatives: int  # n: replayed frames per step (1 for the "either" schedule)
+    workspace_patches: int  # S = (1 + n) P
+    pair_slots: int  # K x M x candidates per context, as the learner's Pairs
+    pairs: int  # the slots whose candidate lies inside the grid: scored every frame
+
+
+def vision_geometry(config: Config) -> VisionGeometry:
+    """P, n, S and the pair counts of a vision config, as ``VisionLearner`` has them."""
+    rows, cols = config.vision.grid
+    skip, K = config.vision.skip_rows, config.rule.offsets
+    n = 1 if config.rule.schedule is Schedule.EITHER else config.rule.num_negatives
+    candidates = 1 if config.rule.schedule is Schedule.EITHER else 1 + n
+    contexts = (rows - skip - 1) * cols  # M: contexts of offset 1
+    inside = sum((rows - skip - k) * cols for k in range(1, K + 1))
+    return VisionGeometry(
+        patches=rows * cols,
+        negatives=n,
+        workspace_patches=(1 + n) * rows * cols,
+        pair_slots=K * contexts * candidates,
+        pairs=inside * candidates,
     )
+
+
+def _plan_vision(config: Config, code_bytes: int | None) -> list[Buffer]:
+    """Every buffer of an integer vision learner (see the module docstring)."""
+    v = config.vision
+    geometry = vision_geometry(config)
+    S = geometry.workspace_patches
+    sizes = config.patch_sizes()
+    out: list[Buffer] = []
+    in_channels = v.channels
+    widest_errors = widest_row = 0
+    for i, layer in enumerate(config.layers):
+        C, D, g = layer.channels, in_channels * layer.kernel**2, sizes[i + 1] ** 2
+        out += _learned_buffers(i + 1, C, D, config)
+
+        # The workspace: every window and output code of the S patches. The next layer's
+        # windows are cut from these outputs, so no layer needs an input buffer of its own.
+        out += [
+            Buffer("window workspace (codes)", i + 1, "sram", S * g * D),
+            Buffer("output workspace (codes)", i + 1, "sram", S * g * C),
+        ]
+        if layer.pool is Pool.AVG:
+            out.append(Buffer("patch vectors (int32 sums)", i + 1, "sram", 4 * S * C))
+        else:  # the maximum code and where it is (the rule routes through it)
+            where = 1 if g <= 256 else 2
+            out.append(
+                Buffer("patch maxima (codes) and argmax", i + 1, "sram", S * C * (1 + where))
+            )
+        widest_errors = max(widest_errors, S * C)
+        widest_row = max(widest_row, D, C)
+        in_channels = C
+    pixels = v.height * v.width * v.channels
+    out += [
+        Buffer("patch errors (int64, shared)", None, "sram", 8 * widest_errors,
+               "spread to positions row by row"),
+        Buffer("update row (int64, shared)", None, "sram", 8 * widest_row),
+        Buffer("pairs: indices, labels, gates", None, "sram", geometry.pair_slots * PAIR_BYTES),
+        Buffer("current frame (uint8)", None, "sram", pixels, "at the config's size"),
+        Buffer("replay pool (uint8 frames)", None, "sram",
+               config.stream.replay_capacity * (pixels + 8),
+               "+ stamp and scene (int32) per frame; replayed frames are read in place"),
+        Buffer("stack and runtime", None, "sram", STACK_BYTES, "allowance"),
+    ]  # fmt: skip
+    code = _code_buffer(code_bytes)
+    if code_bytes is None:
+        code.note = "estimate (no conv2d kernels yet)"
+    out.append(code)
     return out
 
 
 @dataclass
 class Work:
-    """Operation counts per block of one kernel."""
+    """Operation counts per block of one kernel (for vision, a block is one frame)."""
 
     kernel: str
     layer: int | None
@@ -169,7 +276,10 @@ class Work:
 
 
 def count_work(config: Config) -> list[Work]:
-    """MACs and per-element operations per block (F frames) of every kernel."""
+    """MACs and per-element operations per block (F frames; one frame for vision) of every
+    kernel."""
+    if config.is_vision:
+        return _count_work_vision(config)
     K, F = config.rule.offsets, config.stream.block_frames
     g = config.positions_per_frame()
     clapp = config.rule.variant is Variant.CLAPP
@@ -185,10 +295,7 @@ def count_work(config: Config) -> list[Work]:
         positions = 2 * F * g[i + 1]  # the block and its replayed negative
         out.append(Work("forward", i + 1, positions * C * D, positions * C))
         rows = (K + 2 * F) * g[i + 1]
-        # Per pair, as ec_clapp_update loops: each branch a dendrite (C^2), its score and
-        # error scatter (2C) and an outer product into its matrix (C^2); CLAPP-s has one
-        # branch plus the transposed dendrite to the context (C^2 + C).
-        per_pair = 2 * (2 * C * C + 2 * C) if clapp else 3 * C * C + 3 * C
+        per_pair = _pair_macs(C, clapp)
         matrices = (2 if clapp else 1) * K * C * C
         update_macs = K * F * per_pair + rows * C * D + rows * C
         out.append(Work("update", i + 1, update_macs, C * D + C + matrices))
@@ -196,22 +303,85 @@ def count_work(config: Config) -> list[Work]:
     return out
 
 
-def cycle_model(config: Config, board: Board) -> dict[str, object]:
-    """Cycles per hop of each kernel on ``board`` and the real-time margin."""
+def _pair_macs(C: int, clapp: bool) -> int:
+    """MACs of one (context, candidate) pair, as ec_clapp_update loops: each branch a
+    dendrite (C^2), its score and error scatter (2C) and an outer product into its matrix
+    (C^2); CLAPP-s has one branch plus the transposed dendrite to the context (C^2 + C)."""
+    return 2 * (2 * C * C + 2 * C) if clapp else 3 * C * C + 3 * C
+
+
+def _count_work_vision(config: Config) -> list[Work]:
+    """MACs and per-element operations per frame of every kernel of a vision learner,
+    with its negatives in use (the worst case: every frame once the pool is warm)."""
+    geometry = vision_geometry(config)
+    S, K = geometry.workspace_patches, config.rule.offsets
+    clapp = config.rule.variant is Variant.CLAPP
+    sizes = config.patch_sizes()
+    out = []
+    in_channels = config.vision.channels
+    for i, layer in enumerate(config.layers):
+        C, D, g = layer.channels, in_channels * layer.kernel**2, sizes[i + 1] ** 2
+        rows = S * g  # output positions of the current and the replayed frames
+
+        # Forward: a window times the weights per output, one add or compare per output
+        # into its patch vector, a requantization per output.
+        out.append(Work("forward", i + 1, rows * C * D + rows * C, rows * C))
+
+        # The rule on patch vectors: scores, gates and the Hebbian P (and R) updates, then
+        # a stochastic rounding per matrix entry.
+        matrices = (2 if clapp else 1) * K * C * C
+        out.append(
+            Work("scores and P/R updates", i + 1, geometry.pairs * _pair_macs(C, clapp),
+                 matrices)
+        )  # fmt: skip
+
+        # The weight gradient over the workspace: each patch error spread to its positions
+        # through the pool and relu' (and summed for the bias), times the windows; then a
+        # stochastic rounding per weight and bias.
+        out.append(Work("weight gradient", i + 1, rows * C * D + rows * C, C * D + C))
+        in_channels = C
+    return out
+
+
+def check_fps(fps: float) -> float:
+    """A frame rate in (0, 1000] frames per second, or BudgetError naming it."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000:
+        raise BudgetError(
+            f"--fps {fps!r} must be a number of frames per second in (0, 1000] (e.g. 10, "
+            "vtest.avi's rate, or 30 for a typical camera)"
+        )
+    return float(fps)
+
+
+def cycle_model(config: Config, board: Board, fps: float | None = None) -> dict[str, object]:
+    """Cycles per hop (audio) or per frame (vision, at ``fps`` frames per second, default
+    DEFAULT_FPS) of each kernel on ``board``, and the real-time margin. ``fps`` is refused
+    for audio, whose time budget is its hop."""
     per_mac, per_element = CYCLES[board.core]
-    F = config.stream.block_frames
+    if config.is_vision:
+        fps = DEFAULT_FPS if fps is None else check_fps(fps)
+        unit, blocks_per_unit, seconds = "frame", 1, 1.0 / fps
+    elif fps is not None:
+        raise BudgetError(
+            f"--fps {fps} sets a camera's frame rate, and this is an audio run: its time "
+            f"budget is one hop of {config.frame_seconds * 1000:g} ms; leave --fps out"
+        )
+    else:
+        unit, blocks_per_unit, seconds = "hop", config.stream.block_frames, config.frame_seconds
     rows = []
     for work in count_work(config):
-        cycles = (work.macs_per_block * per_mac + work.elements_per_block * per_element) / F
-        rows.append({**asdict(work), "cycles_per_hop": cycles})
-    total = sum(r["cycles_per_hop"] for r in rows)
-    budget = board.clock_hz * config.frame_seconds
+        cycles = work.macs_per_block * per_mac + work.elements_per_block * per_element
+        rows.append({**asdict(work), f"cycles_per_{unit}": cycles / blocks_per_unit})
+    total = sum(r[f"cycles_per_{unit}"] for r in rows)
+    budget = board.clock_hz * seconds
     return {
+        "per": unit,
+        **({"frames_per_second": fps} if config.is_vision else {}),
         "cycles_per_mac": per_mac,
         "cycles_per_element": per_element,
         "kernels": rows,
-        "cycles_per_hop": total,
-        "cycles_available_per_hop": budget,
+        f"cycles_per_{unit}": total,
+        f"cycles_available_per_{unit}": budget,
         "realtime_margin": budget / total,
     }
 
@@ -247,5 +417,6 @@ def check_fits(buffers: list[Buffer], board: Board) -> None:
                 f"does not fit {board.name}: needs {need:,} bytes of {region.upper()}, the "
                 f"board has {capacity:,} ({need - capacity:,} missing); the largest buffer "
                 f"is {where}{largest.name}, {largest.bytes:,} bytes. Use a smaller config "
-                "(fewer channels, offsets or block frames) or a larger board"
+                "(fewer channels or offsets; audio: fewer block frames; vision: fewer "
+                "patches or a smaller frame) or a larger board"
             )

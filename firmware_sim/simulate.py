@@ -1,6 +1,8 @@
 """``edge-clapp simulate RUN --board NAME``: the device budget of a run's learner, as a
 table, JSON and a PNG chart of the memory layout; with ``--measure``, the instructions
-the C kernels execute per hop under QEMU beside the cycle model."""
+the C kernels execute per hop under QEMU beside the cycle model. A vision run's cycles
+are per camera frame at ``--fps`` frames per second (``measure`` is not available for it:
+there is no integer twin of a conv2d layer yet)."""
 
 from __future__ import annotations
 
@@ -50,16 +52,34 @@ def measure(learner: OnlineLearner) -> dict[str, Any]:
     }
 
 
-def simulate(learner: OnlineLearner, board_name: str, measure_kernels: bool = False) -> dict:
+def simulate(
+    learner: OnlineLearner,
+    board_name: str,
+    measure_kernels: bool = False,
+    fps: float | None = None,
+) -> dict:
+    """The budget report of ``learner`` on a board. ``fps``: a vision run's frame rate
+    (default ``budget.DEFAULT_FPS``); refused for audio runs, whose budget is per hop."""
     key = board_name.lower()
     if key not in budget.BOARDS:
         raise budget.BudgetError(
             f"unknown board {board_name!r}; known: {', '.join(sorted(budget.BOARDS))}"
         )
     board = budget.BOARDS[key]
-    check_geometry(learner.config)
-    code = qemu.kernel_size()["flash"] if qemu.toolchain_missing() is None else None
-    buffers = budget.plan_memory(learner.config, code)
+    config = learner.config
+    if config.is_vision:
+        if measure_kernels:
+            raise budget.BudgetError(
+                "--measure runs the integer twin's C kernels, and there is no integer twin "
+                "of a conv2d layer yet, so a vision run cannot be measured: leave --measure "
+                "out (the plan and the cycle model need the config only)"
+            )
+        code = None  # the C kernels have no conv2d: their measured size would mislead
+    else:
+        check_geometry(config)
+        code = qemu.kernel_size()["flash"] if qemu.toolchain_missing() is None else None
+    cycles = budget.cycle_model(config, board, fps)
+    buffers = budget.plan_memory(config, code)
     report = {
         "edge_clapp_version": __version__,
         "board": board.__dict__,
@@ -67,7 +87,7 @@ def simulate(learner: OnlineLearner, board_name: str, measure_kernels: bool = Fa
         "blocks_learned": learner.counters.blocks_learned,
         "memory": budget.summarize(buffers, board),
         "buffers": [b.__dict__ for b in buffers],
-        "cycles": budget.cycle_model(learner.config, board),
+        "cycles": cycles,
     }
     sram = report["memory"]["sram_bytes"]
     flash = report["memory"]["flash_bytes"]
@@ -107,16 +127,19 @@ def format_report(report: dict) -> str:
         f"SRAM {memory['sram_bytes']:,} B ({memory['sram_fraction']:.0%} of the board), "
         f"flash {memory['flash_bytes']:,} B ({memory['flash_fraction']:.0%})"
     )
+    per = cycles.get("per", "hop")  # "frame" for a vision run
+    rate = f" at {cycles['frames_per_second']:g} fps" if per == "frame" else ""
     lines.append(
         f"cycle model ({cycles['cycles_per_mac']} cycles/MAC, "
         f"{cycles['cycles_per_element']} cycles/element):"
     )
     for k in cycles["kernels"]:
         layer = "" if k["layer"] is None else f" layer {k['layer']}"
-        lines.append(f"  {k['kernel']}{layer}: {k['cycles_per_hop']:,.0f} cycles per hop")
+        lines.append(f"  {k['kernel']}{layer}: {k[f'cycles_per_{per}']:,.0f} cycles per {per}")
     lines.append(
-        f"  total {cycles['cycles_per_hop']:,.0f} of {cycles['cycles_available_per_hop']:,.0f} "
-        f"cycles per hop: real-time margin {cycles['realtime_margin']:.1f}x"
+        f"  total {cycles[f'cycles_per_{per}']:,.0f} of "
+        f"{cycles[f'cycles_available_per_{per}']:,.0f} cycles per {per}{rate}: real-time "
+        f"margin {cycles['realtime_margin']:.1f}x"
     )
     if "measured" in report:
         m = report["measured"]

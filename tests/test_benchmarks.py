@@ -68,3 +68,22 @@ def test_speech_eval_runs(tmp_path):
     merged = json.loads((tmp_path / "m" / "eval.json").read_text())
     assert list(merged["methods"]) == ["random", "clapp", "clapp-s-batch", "gim"]
     assert "gim" in result.stdout and "word:" in result.stdout
+
+
+def test_vision_eval_runs(tmp_path):
+    """Both image sets, all three methods, 300 images each, one pass."""
+    argv = [sys.executable, "benchmarks/vision_eval.py", "--limit", "300", "--passes", "1"]
+    argv += ["--quiet", "--out", str(tmp_path)]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report["sets"]) == {"digits", "mnist"}
+    for data in report["sets"].values():
+        assert data["train"] + data["test"] == 300
+        assert list(data["methods"]) == ["random", "clapp", "hinge-cpc"]
+        for method in data["methods"].values():
+            assert [r["layer"] for r in method["layers"]] == [1, 2, 3]
+            assert all(0.0 <= r["accuracy"] <= 1.0 for r in method["layers"])
+    assert report["config"]["preset"] == "vision"
+    assert "mnist: linear probe accuracy" in result.stdout
+    assert (tmp_path / "vision_probes.png").stat().st_size > 0

@@ -1,8 +1,9 @@
 """The rule proof: explicit updates equal minus the autograd gradient of the layer's loss.
 
 Reference: torch autograd in float64 through ``torch.nn.functional.conv1d`` / ``linear``
-and ``avg_pool1d`` (independent of the learner's unfold-and-matmul forward). Tolerance:
-relative error below 1e-9 for every parameter.
+/ ``conv2d`` and ``avg_pool1d`` / ``adaptive_avg_pool2d`` / ``adaptive_max_pool2d``
+(independent of the learner's unfold-and-matmul forward and of its pooling code).
+Tolerance: relative error below 1e-9 for every parameter.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from edge_clapp.layers import patches
 from edge_clapp.rule import Pairs, clapp_step, pool_frames
+from edge_clapp.vision import window_rows
 from tests.helpers import relative_error
 
 TOL = 1e-9
@@ -68,7 +70,6 @@ def test_explicit_update_equals_minus_gradient(variant, geometry, seed, s):
     kind, c_in, channels, kernel, stride, g = geometry
     gen = torch.Generator().manual_seed(seed)
     K, ring, current, negative = 3, 3, 6, 6
-    lr = 0.05
 
     weight = torch.randn(channels, c_in * kernel, generator=gen, dtype=torch.float64) * 0.7
     bias = torch.randn(channels, generator=gen, dtype=torch.float64) * 0.3
@@ -87,14 +88,7 @@ def test_explicit_update_equals_minus_gradient(variant, geometry, seed, s):
     x_rows = torch.cat([patches(x, kernel, stride) for x in inputs])  # (N*g, D)
     z_rows = torch.addmm(bias, x_rows, weight.t()).relu()  # (N*g, C)
 
-    # Scale P and R so that scores spread around the margin: both gate states occur.
-    zhat0 = pool_frames(z_rows, g)
-    for m in (pred, retro):
-        if m is not None:
-            s0 = torch.einsum(
-                "kmc,kcd,kmd->km", zhat0[pairs.candidate], m, zhat0[pairs.context]
-            )
-            m *= 2.0 / (s * s0.std())
+    _spread_scores(pool_frames(z_rows, g), pairs, pred, retro, s)
     step = clapp_step(x_rows, z_rows, g, pred, retro, pairs, s)
 
     # Autograd: the same loss built from the published two-hinge form.
@@ -105,6 +99,12 @@ def test_explicit_update_equals_minus_gradient(variant, geometry, seed, s):
     zhat = _reference_frames(
         kind, inputs, params["weight"], params["bias"], kernel, stride, g
     )  # (N, C)
+    _assert_step_is_minus_gradient(step, zhat, params, pairs, s)
+
+
+def _assert_step_is_minus_gradient(step, zhat, params, pairs, s, lr=0.05):
+    """``zhat``: the reference's pooled frames (N, C), a function of ``params``."""
+    retro = params.get("retro")
     ctx, cand = zhat[pairs.context], zhat[pairs.candidate]  # (K, M, C)
     y, w = pairs.label, pairs.weight
     if retro is None:
@@ -134,6 +134,61 @@ def test_explicit_update_equals_minus_gradient(variant, geometry, seed, s):
         assert reference.abs().max() > 0, f"{name}: gradient is zero, test is vacuous"
         err = relative_error(lr * delta, reference)
         assert err < TOL, f"{name}: relative error {err:.3e} >= {TOL}"
+
+
+def _spread_scores(zhat, pairs, pred, retro, s):
+    """Scale P and R so that scores spread around the margin: both gate states occur."""
+    for m in (pred, retro):
+        if m is not None:
+            s0 = torch.einsum("kmc,kcd,kmd->km", zhat[pairs.candidate], m, zhat[pairs.context])
+            m *= 2.0 / (s * s0.std())
+
+
+# (C_in, C, kernel, stride, patch side): 3x3 "same" conv keeping the map, a strided one,
+# a 5x5 kernel over an odd side, and a 1x1 kernel.
+CONV2D_GEOMETRIES = [(2, 5, 3, 1, 4), (3, 4, 3, 2, 5), (1, 6, 5, 2, 6), (4, 3, 1, 1, 3)]
+
+
+@pytest.mark.parametrize("variant", ["clapp", "clapp-s"])
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("geometry", CONV2D_GEOMETRIES, ids=lambda g: "k{2}s{3}p{4}".format(*g))
+@pytest.mark.parametrize("s", [1.0, 0.3])
+def test_conv2d_update_equals_minus_gradient(variant, pool, geometry, s):
+    """Conv2d patch layers, average and max pooling: explicit update vs autograd through
+    F.conv2d and adaptive_{avg,max}_pool2d on the patch maps."""
+    c_in, channels, kernel, stride, side = geometry
+    # Seed chosen so that every case covers both gate states for both labels (checked).
+    gen = torch.Generator().manual_seed(7)
+    K, n_patches = 3, 20
+    weight = torch.randn(channels, c_in * kernel**2, generator=gen, dtype=torch.float64) * 0.7
+    bias = torch.randn(channels, generator=gen, dtype=torch.float64) * 0.3
+    pred = torch.randn(K, channels, channels, generator=gen, dtype=torch.float64)
+    retro = (
+        torch.randn(K, channels, channels, generator=gen, dtype=torch.float64)
+        if variant == "clapp"
+        else None
+    )
+    maps = torch.randn(n_patches, c_in, side, side, generator=gen, dtype=torch.float64)
+    pairs = _pairs(K, 24, n_patches, gen)
+
+    x_rows = window_rows(maps, kernel, stride)  # the learner's im2col
+    z_rows = torch.addmm(bias, x_rows, weight.t()).relu()
+    g = z_rows.shape[0] // n_patches
+    _spread_scores(pool_frames(z_rows, g, pool), pairs, pred, retro, s)
+    step = clapp_step(x_rows, z_rows, g, pred, retro, pairs, s, pool=pool)
+
+    params = {"weight": weight, "bias": bias, "pred": pred}
+    if retro is not None:
+        params["retro"] = retro
+    params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    w4 = params["weight"].view(channels, c_in, kernel, kernel)
+    out = F.conv2d(maps, w4, params["bias"], stride=stride, padding=kernel // 2).relu()
+    assert out.shape[-1] ** 2 == g
+    reduce = F.adaptive_avg_pool2d if pool == "avg" else F.adaptive_max_pool2d
+    zhat = reduce(out, 1).flatten(1)  # (patches, C)
+    if pool == "max":  # the max must route: some channels' maxima sit off the first position
+        assert (out.flatten(2).argmax(2) > 0).any()
+    _assert_step_is_minus_gradient(step, zhat, params, pairs, s)
 
 
 def test_rule_records_no_autograd_graph():

@@ -1,0 +1,115 @@
+"""`edge-clapp learn` on video: vtest.avi end to end, resume, the camera path without a
+camera, and sources that do not fit the config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edge_clapp.checkpoint import load_checkpoint
+from edge_clapp.cli import main
+from edge_clapp.image_data import OPENCV_DATA
+
+VTEST = OPENCV_DATA / "vtest.avi"
+pytestmark = pytest.mark.skipif(not VTEST.is_file(), reason="opencv-doc is not installed")
+
+
+def test_learn_from_vtest_writes_frames_metrics_and_a_vision_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["learn", "--source", f"video:{VTEST}", "--out", str(out), "--max-frames",
+                 "60", "--quiet"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["preset"] == "vision"  # the default for a video source
+    assert metrics["frames"] == 60 == metrics["counters"]["blocks_learned"]
+    assert metrics["source"]["fps"] == pytest.approx(10.0, abs=0.01)
+    assert metrics["forward_macs_per_frame"] > 0
+    printed = capsys.readouterr().out
+    assert "learned from 60 frames" in printed and "at 10.00 fps" in printed
+    learner, extra = load_checkpoint(out / "checkpoint")
+    assert learner.config.is_vision and extra["samples_consumed"] == 60
+
+
+def test_resume_continues_the_video_bit_identically(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    video = f"video:{VTEST}"
+    assert main(["learn", "--source", video, "--out", str(straight), "--max-frames", "50",
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(["learn", "--source", video, "--out", str(split), "--max-frames", "20",
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(["learn", "--resume", str(split), "--max-frames", "30", "--quiet"]) == 0
+    a, _ = load_checkpoint(straight / "checkpoint")
+    b, extra = load_checkpoint(split / "checkpoint")
+    assert extra["samples_consumed"] == 50
+    for name, tensor in a.tensors().items():
+        assert torch.equal(tensor, b.tensors()[name]), name
+    assert a.counters == b.counters
+
+
+def test_max_seconds_counts_video_at_the_source_rate(tmp_path):
+    out = tmp_path / "run"
+    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(out), "--max-seconds",
+                 "2.5", "--quiet"]) == 0  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["frames"] == 25  # 10 fps
+
+
+def test_camera_without_a_camera_is_a_clear_error(tmp_path, capfd):
+    code = main(["learn", "--source", "camera", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert "no camera" in err and "video:PATH" in err
+    assert "WARN" not in err  # OpenCV's own device warnings do not reach the user
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "raw"], "learns from audio: use --preset vision"),
+        (["--max-frames", "0"], "must be > 0"),
+    ],
+)
+def test_a_source_that_does_not_fit_the_config_is_refused(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) if "0" in args else _nothing():
+        code = main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "r"),
+                     "--quiet", *args])  # fmt: skip
+        assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_audio_source_with_the_vision_preset_is_refused(tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    code = main(["learn", "--source", str(wav), "--out", str(tmp_path / "r"), "--preset",
+                 "vision", "--quiet"])  # fmt: skip
+    assert code == 2
+    assert "is an audio source" in capsys.readouterr().err
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_probe_a_vision_run_on_mnist(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(out), "--max-frames",
+                 "20", "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    report = tmp_path / "probe.json"
+    assert main(["probe", str(out), "--task", "mnist", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "4,000 train / 1,000 held-out images" in printed
+    layers = json.loads(report.read_text())["layers"]
+    assert [r["layer"] for r in layers] == [1, 2, 3]
+    assert all(r["accuracy"] > 2 * r["chance"] for r in layers)  # digits are learnable
+    assert main(["probe", str(out), "--task", "word"]) == 2
+    assert "does not fit this vision run" in capsys.readouterr().err
