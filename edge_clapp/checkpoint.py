@@ -207,6 +207,14 @@ def load_checkpoint(folder: str | Path) -> tuple[LearnerBase, dict[str, Any]]:
     if not weights_ok:
         raise CheckpointError(f"{str(state_path)!r} holds non-finite values")
     for name, t in expected.items():
+        # The replay pool's bookkeeping: slots hold a block (or frame) index and scene,
+        # -1 when empty; a count of blocks offered.
+        low = 0 if name == "replay.offered" else -1
+        if name.startswith("replay.") and not t.is_floating_point() and int(t.min()) < low:
+            raise CheckpointError(
+                f"{str(state_path)!r}: {name} holds {int(t.min())}, below {low}: the file was "
+                "edited or damaged"
+            )
         if name.endswith("_range") and float(t) < 0:
             raise CheckpointError(
                 f"{str(state_path)!r}: {name} = {float(t)!r} is negative (an activation "

@@ -20,6 +20,7 @@ from edge_clapp.config import PRESETS, resolve_config
 from edge_clapp.errors import CheckpointError, EdgeClappError, SourceError
 
 log = logging.getLogger("edge_clapp")
+MAX_SECONDS = 1e9  # about 32 years: the longest --max-seconds or --checkpoint-every
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,13 +38,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), help="base configuration (default raw)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="base configuration (default raw; vision for a camera, video or image source)",
+    )
     p.add_argument("--config", metavar="FILE", help="TOML file applied over the preset")
     p.add_argument("--seed", type=int, help="random seed (weights, schedule, replay)")
     p.add_argument("--lr", type=float, help="learning rate of the rule")
     p.add_argument("--variant", choices=["clapp", "clapp-s"], help="rule variant")
     p.add_argument("--schedule", choices=["either", "both"], help="candidate schedule")
-    p.add_argument("--offsets", type=int, help="prediction offsets K (frames ahead)")
+    p.add_argument(
+        "--offsets", type=int, help="prediction offsets K (frames ahead; vision: rows below)"
+    )
     p.add_argument(
         "--quant",
         action="store_true",
@@ -81,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this much audio (or video, at the source's frame rate)",
     )
     learn.add_argument(
-        "--max-frames", type=_count, metavar="N", help="video: stop after N frames"
+        "--max-frames",
+        type=_count,
+        metavar="N",
+        help="camera, video or images: stop after N frames",
     )
     learn.add_argument(
         "--checkpoint-every",
@@ -115,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser(
         "simulate",
-        help="device budget of a quantisation-aware run: memory plan, cycles, real-time margin",
+        help="device budget of a run (an mcu-kind quantisation-aware one, or a camera run): "
+        "memory plan, cycles, real-time margin",
     )
     simulate.add_argument("checkpoint", metavar="RUN", help="a run folder or its checkpoint/")
     simulate.add_argument(
@@ -232,7 +243,8 @@ def _cmd_learn(args: argparse.Namespace) -> int:
             )
         same = recorded is not None and spec == _source_key(recorded) and not _is_live(spec)
         skip = consumed if same else 0
-        if not same and consumed and not _is_live(spec):
+        fits = is_vision_spec(spec) == learner.config.is_vision  # else refused below
+        if not same and consumed and not _is_live(spec) and fits:
             log.warning("learning from the start of %s (the run was on %s)", spec, recorded)
     else:
         if not args.source or not args.out:
@@ -241,6 +253,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
             raise EdgeClappError(
                 f"'{args.out}' already holds a run: continue it with --resume {args.out}, "
                 "or pass another --out"
+            )
+        if _exists(Path(args.out) / "meta.json"):
+            raise EdgeClappError(
+                f"'{args.out}' is a run's checkpoint folder: pass a new folder for the run"
             )
         spec, skip = _source_key(args.source), 0
         default = "vision" if is_vision_spec(spec) else "raw"
@@ -256,6 +272,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 
     config = learner.config
     source = _open_learn_source(config, spec, skip)
+    if args.max_frames and args.max_seconds:
+        source.close()
+        raise EdgeClappError("pass --max-frames or --max-seconds, not both")
     if config.is_vision:
         limit = args.max_frames or _frames_of(args.max_seconds, source, "--max-seconds")
         every = _frames_of(args.checkpoint_every, source, "--checkpoint-every")
@@ -308,11 +327,16 @@ def _open_learn_source(config: Any, spec: str, skip: int) -> Any:
     from edge_clapp.vision_sources import is_vision_spec, open_vision_source
 
     visual = is_vision_spec(spec)
+    if config.is_vision and not visual and _looks_visual(spec):
+        raise EdgeClappError(
+            f"'{spec}' is not one video or a folder of images (a folder of videos?): pass "
+            "each video with video:PATH, or a folder of images with images:DIR"
+        )
     if config.is_vision and not visual:
         raise EdgeClappError(
             f"'{spec}' is an audio source, but this run's config ({config.preset}) learns "
-            "from images: pass `camera`, `camera:INDEX`, `video:PATH` or `images:DIR`, or an "
-            "audio preset (--preset raw)"
+            "from images: pass `camera`, `camera:INDEX`, `video:PATH` or `images:DIR`"
+            + ("" if skip else ", or an audio preset (--preset raw)")
         )
     if visual and not config.is_vision:
         raise EdgeClappError(
@@ -320,7 +344,6 @@ def _open_learn_source(config: Any, spec: str, skip: int) -> Any:
             f"({config.preset}) learns from audio: use --preset vision (the default for "
             "such sources) or a config with frontend.kind = 'image'"
         )
-    unit = "frames" if config.is_vision else "s"
     try:
         if config.is_vision:
             v = config.vision
@@ -341,12 +364,39 @@ def _open_learn_source(config: Any, spec: str, skip: int) -> Any:
         )
     except SourceError as exc:
         if not skip:
+            if not config.is_vision and _looks_visual(spec):
+                raise SourceError(
+                    f"{exc}. For video pass video:PATH, for a folder of images images:DIR"
+                ) from exc
             raise
-        done = skip if config.is_vision else skip / config.frontend.sample_rate
+        if config.is_vision and "past the end" in str(exc):
+            raise SourceError(
+                f"the run has already learned from all {skip:,} frames of '{spec}': pass "
+                "--source with other frames to go on learning"
+            ) from exc
+        done = (
+            f"{skip:,} frames"
+            if config.is_vision
+            else f"{skip / config.frontend.sample_rate:.1f} s"
+        )
         raise SourceError(
-            f"{exc}. The resumed run has already learned from the first {done:.1f} {unit} "
-            f"of '{spec}': pass --source with more input to go on learning"
+            f"{exc}. The resumed run has already learned from the first {done} of "
+            f"'{spec}': pass --source with more input to go on learning"
         ) from exc
+
+
+def _looks_visual(spec: str) -> bool:
+    """A file, or a folder holding files, with a video or image extension."""
+    from edge_clapp.vision_sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+    visual = (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS)
+    path = Path(spec)
+    try:
+        if path.is_dir():
+            return any(p.suffix.lower() in visual for p in path.rglob("*"))
+        return path.suffix.lower() in visual
+    except OSError:
+        return False
 
 
 def _frames_of(seconds: float | None, source: Any, option: str) -> int | None:
@@ -356,9 +406,14 @@ def _frames_of(seconds: float | None, source: Any, option: str) -> int | None:
     fps = source.fps
     if not fps or not math.isfinite(fps) or fps <= 0:
         source.close()
+        instead = (
+            "leave it out: a checkpoint is written at the end"
+            if option == "--checkpoint-every"
+            else "use --max-frames"
+        )
         raise EdgeClappError(
-            f"{option} needs a frame rate, and {source.description} has none: use "
-            "--max-frames (or leave out --checkpoint-every: a checkpoint is written at the end)"
+            f"{option} counts seconds at the source's frame rate, and "
+            f"{source.description} has none: {instead}"
         )
     return max(1, math.ceil(seconds * fps))
 
@@ -391,13 +446,22 @@ def _source_key(spec: str) -> str:
     directory."""
     if _is_live(spec):
         return spec
+    from edge_clapp.vision_sources import is_vision_spec
+
+    def absolute(path: str) -> str:
+        try:
+            return os.path.normpath(Path(path).expanduser().absolute())
+        except (OSError, RuntimeError):  # e.g. ~unknown_user: the source says what is wrong
+            return path
+
     prefix, _, rest = spec.partition(":")
-    if prefix in ("video", "images") and rest:
-        return f"{prefix}:{_source_key(rest)}"
-    try:
-        return os.path.normpath(Path(spec).expanduser().absolute())
-    except (OSError, RuntimeError):  # e.g. ~unknown_user: open_source says what is wrong
-        return spec
+    if prefix in ("video", "images"):
+        # An empty path stays as it is: the source says what is missing.
+        return f"{prefix}:{absolute(rest)}" if rest else spec
+    path = absolute(spec)
+    if is_vision_spec(path):  # one spelling per video or image folder, for --resume
+        return f"{'images' if Path(path).is_dir() else 'video'}:{path}"
+    return path
 
 
 def _seconds(text: str) -> float:
@@ -408,6 +472,8 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_SECONDS:g} seconds")
     return value
 
 
@@ -543,6 +609,11 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "probe results")
     image_task = args.task in ("digits", "mnist")
+    if image_task and args.data is not None:
+        raise EdgeClappError(
+            f"--task {args.task} reads its images from the installed packages: leave out "
+            "--data (it is for the audio tasks)"
+        )
     learner, _ = load_checkpoint(_checkpoint_folder(args.checkpoint))
     vision = learner.config.is_vision
     if image_task != vision:
@@ -655,7 +726,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     timing = (
         f"real time{rate} by the cycle model with a {margin:.1f}x margin"
         if margin >= 1
-        else f"NOT real time{rate} by the cycle model ({margin:.2f}x of the time available)"
+        else f"NOT real time{rate} by the cycle model (a frame or hop needs "
+        f"{1 / margin:.1f}x the time available)"
     )
     print(
         f"fits {board.name} in memory ({report['memory']['sram_bytes']:,} B SRAM, "

@@ -69,6 +69,14 @@ class Color(str, Enum):
     RGB = "rgb"
 
 
+class Negatives(str, Enum):
+    """Where a camera learner's negative lies in the replayed frame: at the true
+    future's position, or at any other position."""
+
+    SAME = "same"
+    OTHER = "other"
+
+
 class Fit(str, Enum):
     """How a frame is brought to the configured size: centre-crop to the aspect ratio
     then resize, or stretch."""
@@ -88,6 +96,10 @@ class Observer(str, Enum):
 # Bounds of what the learner is meant for (audio rates; a few negatives per context).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 192000
 MAX_NEGATIVES = 16
+MAX_LR = 1e30  # float32 holds up to 3.4e38; a larger rate cannot even be applied
+# The camera learner's per-step workspace (windows and outputs of every patch of the
+# current and replayed frames): a step's temporaries are about twice as much again.
+MAX_VISION_WORKSPACE_BYTES = 512 * 2**20
 
 
 def _enum(enum_type: type[Enum], value: Any, name: str) -> Any:
@@ -237,6 +249,10 @@ class RuleConfig:
                 "each negative costs a full set of scores per block"
             )
         _positive(self.lr, "rule.lr", integer=False, allow_zero=True)
+        if self.lr > MAX_LR:
+            raise ConfigError(
+                f"rule.lr = {self.lr!r} is more than {MAX_LR:g}: every update would overflow"
+            )
         _positive(self.pred_init_std, "rule.pred_init_std", integer=False, allow_zero=True)
         if self.pred_init_std > 10:
             raise ConfigError(f"rule.pred_init_std = {self.pred_init_std} is more than 10")
@@ -309,12 +325,17 @@ class VisionConfig:
     ``height`` x ``width`` (``fit``), in ``color``, values in [0, 1], and cut into a grid
     of overlapping ``patch`` x ``patch`` squares every ``patch_stride`` pixels. A patch
     predicts the patches ``skip_rows + k`` rows below it in the same column (k = 1 ..
-    rule.offsets; the overlapping neighbour row is skipped); its negatives are the same
-    positions in a replayed frame at least ``replay_min_age_frames`` old, or from an
-    earlier scene. A mean absolute change between frames above ``scene_cut`` (0..1, on
-    a small grey thumbnail; 0 disables) starts a new scene: opencv-doc's Megamind.avi has
-    4 cuts measuring 0.17-0.19 and changes inside a shot below 0.02 (vtest.avi below
-    0.01, the hand-held tree.avi 0.08)."""
+    rule.offsets; the overlapping neighbour row is skipped). Its negatives are patches of
+    a replayed frame at least ``replay_min_age_frames`` old, or of an earlier scene: at
+    any other position (``negatives = "other"``, the default) or at the same position
+    (``"same"``, as the published image setup). From a static camera a replayed frame's
+    same position is a near copy of the true future: on vtest.avi "same" made true and
+    negative scores equal in layers 2-3 within 100 frames, "other" learned.
+
+    A mean absolute change between frames above ``scene_cut`` (0..1, on a small grey
+    thumbnail; 0 disables) starts a new scene: opencv-doc's Megamind.avi has 4 cuts
+    measuring 0.17-0.19 and changes inside a shot below 0.02 (vtest.avi below 0.01, the
+    hand-held tree.avi 0.08)."""
 
     height: int = 32
     width: int = 32
@@ -325,10 +346,12 @@ class VisionConfig:
     skip_rows: int = 1
     scene_cut: float = 0.1
     replay_min_age_frames: int = 10
+    negatives: Negatives = Negatives.OTHER
 
     def __post_init__(self) -> None:
         self.color = _enum(Color, self.color, "vision.color")
         self.fit = _enum(Fit, self.fit, "vision.fit")
+        self.negatives = _enum(Negatives, self.negatives, "vision.negatives")
         for name in ("height", "width", "patch", "patch_stride"):
             _positive(getattr(self, name), f"vision.{name}")
         _positive(self.skip_rows, "vision.skip_rows", allow_zero=True)
@@ -447,10 +470,31 @@ class Config:
                 "front end yet; learn in float (leave --quant out)"
             )
         self.patch_sizes()  # every layer keeps at least one position
+        workspace = self.vision_workspace_bytes()
+        if workspace > MAX_VISION_WORKSPACE_BYTES:
+            raise ConfigError(
+                f"{self.vision.height} x {self.vision.width} frames cut into "
+                f"{rows * self.vision.grid[1]:,} patches need {workspace / 2**20:,.0f} MiB of "
+                f"workspace per step (at most {MAX_VISION_WORKSPACE_BYTES // 2**20} MiB, and "
+                "as much again in temporaries): use a smaller frame, a larger "
+                "patch_stride, or fewer channels"
+            )
 
     @property
     def is_vision(self) -> bool:
         return self.frontend.kind is FrontendKind.IMAGE
+
+    def vision_workspace_bytes(self) -> int:
+        """Bytes of the camera learner's workspace: every layer's windows (g x D) and
+        outputs (g x C) for each patch of the current and the replayed frames."""
+        rows, cols = self.vision.grid
+        frames = 1 + (self.rule.num_negatives if self.rule.schedule is Schedule.BOTH else 1)
+        sizes, in_channels, total = self.patch_sizes(), self.vision.channels, 0
+        for layer, size in zip(self.layers, sizes[1:], strict=True):
+            window = in_channels * layer.kernel**2
+            total += size * size * (window + layer.channels)
+            in_channels = layer.channels
+        return 4 * frames * rows * cols * total
 
     def patch_sizes(self) -> list[int]:
         """Side of a patch's square map at the input (index 0) and after every layer."""
@@ -509,13 +553,27 @@ class Config:
         return self.block_samples / self.frontend.sample_rate
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+        """The config as plain data. An audio config leaves out what only images use
+        (the [vision] table, each layer's pool, always "avg" there), so that its
+        checkpoints read as before the camera learner existed; a camera config leaves out
+        the audio front end's and stream's settings, which it does not use."""
+        data = json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+        if not self.is_vision:
+            del data["vision"]
+            for layer in data["layers"]:
+                del layer["pool"]
+        else:  # likewise a camera config holds none of the audio-only settings
+            data["frontend"] = {"kind": data["frontend"]["kind"]}
+            data["stream"] = {"replay_capacity": data["stream"]["replay_capacity"]}
+        return data
 
     def to_toml(self) -> str:
         """The config as TOML that ``--config`` reads back to an equal config."""
         data = self.to_dict()
         lines = [f"{k} = {_toml_value(data[k])}" for k in ("preset", "seed")]
-        for section in ("frontend", "rule", "stream", "quant", "vision"):
+        for section in [
+            s for s in ("frontend", "rule", "stream", "quant", "vision") if s in data
+        ]:
             lines += ["", f"[{section}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items()]
         for layer in data["layers"]:
@@ -668,6 +726,8 @@ def preset_dict(name: str) -> dict[str, Any]:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is not a regular file: pass a TOML file")
     try:
         with path.open("rb") as f:
             return tomllib.load(f)

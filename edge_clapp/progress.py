@@ -67,10 +67,22 @@ class ProgressBar:
             pass
 
 
+# The learners share their counters; a camera learner's count frames and pixels.
+_FRAME_COUNTERS = {
+    "blocks_skipped_nonfinite": "frames refused (NaN or Inf)",
+    "nonfinite_samples": "non-finite pixel values",
+    "out_of_range_samples": "pixel values outside [0, 1] (clamped)",
+    "saturated_samples": "pixel values at 1.0",
+    "negatives_unavailable_blocks": "frames without a replayed frame (positives only)",
+    "overflows": "frames dropped by the source",
+}
+
+
 def print_metrics(result: dict[str, Any], out: Path) -> None:
     if "frames" in result:
         print(
-            f"learned from {result['frames']:,} frames in {result['wall_seconds']:.1f} s "
+            f"learned from {result['frames']:,} frame{'s' * (result['frames'] != 1)} in "
+            f"{result['wall_seconds']:.1f} s "
             f"({_num(result['frames_per_second'], '.1f')} frames/s); state "
             f"{result['state_bytes']:,} bytes"
         )
@@ -81,7 +93,9 @@ def print_metrics(result: dict[str, Any], out: Path) -> None:
                 f"source: {stats.get('frames_read', 0):,} frames read"
                 + (f" at {fps:.2f} fps" if fps else "")
                 + f", {stats.get('frames_dropped', 0):,} dropped, "
-                f"{stats.get('scene_cuts', 0):,} scene cuts"
+                f"{stats.get('scene_cuts', 0):,} scene cuts; "
+                f"{result['counters']['boundaries']:,} "
+                f"scene{'s' * (result['counters']['boundaries'] != 1)} learned"
             )
     else:
         speed = result.get("speed_x_realtime")
@@ -97,8 +111,9 @@ def print_metrics(result: dict[str, Any], out: Path) -> None:
             f"{_num(row['neg_score'], '+7.3f')} {_num(row['gate_open_fraction'], '9.2f')}"
         )
     counters = result["counters"]
+    names = _FRAME_COUNTERS if "frames" in result else {}
     notes = [
-        f"{k.replace('_', ' ')}: {v}"
+        f"{names.get(k, k.replace('_', ' '))}: {v}"
         for k, v in counters.items()
         if k not in ("blocks", "blocks_learned", "boundaries") and v
     ]

@@ -4,7 +4,7 @@ Shape legend:
     N   frames in the layer's workspace (ring + current block + replayed negatives); for
         images, patches (current frame + replayed frames)
     g   positions per frame (pooled into the frame vector by their mean or maximum)
-    D   input features per position (C_in * kernel)
+    D   input features per position (C_in * kernel; conv2d: C_in * kernel^2)
     C   output channels
     K   prediction offsets (1..K frames ahead)
     M   pairs per offset

@@ -22,6 +22,8 @@ frame's, then each replayed frame's. It is scratch (rebuilt every frame), alloca
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,8 +34,20 @@ from edge_clapp.learner import Counters, LayerMeter, LearnerBase, all_finite
 from edge_clapp.replay import FramePool
 from edge_clapp.rule import Pairs
 
-# Frames per chunk when encoding many images at once (bounds encode's memory).
-ENCODE_CHUNK = 128
+# Patches per chunk when encoding many images at once (bounds encode's memory): 128
+# frames of the 7 x 7 grid of the vision preset.
+ENCODE_PATCHES = 128 * 49
+
+
+def as_frames(values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Frames as float32: floats as they are (meant to lie in [0, 1]), uint8 (0..255, as
+    cameras and image files give them) scaled by 1 / 255; other types are refused."""
+    frames = torch.as_tensor(values)
+    if frames.dtype == torch.uint8:
+        return frames.to(torch.float32) / 255.0
+    if frames.is_floating_point():
+        return frames.to(torch.float32)
+    raise TypeError(f"frames must be floats in [0, 1] or uint8 in 0..255, got {frames.dtype}")
 
 
 def cut_patches(frames: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
@@ -71,12 +85,15 @@ def patch_pairs(
     skip: int,
     generator: torch.Generator,
     have_negatives: bool,
+    negatives: str = "same",
 ) -> Pairs:
     """(context, candidate) pairs of one frame over a layer's workspace: current patches
     [0, P), replayed frame j's patches [(1 + j) P, (2 + j) P). For offset k the context
     at grid index m (row r) pairs with index m + (skip + k) Q (row r + skip + k, same
-    column): its true future (y = +1), or the same position of a replayed frame (y = -1),
-    by the rule's schedule. Slots whose future falls below the grid have weight 0."""
+    column): its true future (y = +1), or a patch of a replayed frame (y = -1), by the
+    rule's schedule: at the same position (``negatives = "same"``), or at any other
+    position, drawn per pair (``"other"``). Slots whose future falls below the grid have
+    weight 0."""
     rows, cols = grid
     P, K = rows * cols, rule.offsets
     M = (rows - skip - 1) * cols  # contexts of offset 1; larger offsets use fewer
@@ -84,14 +101,23 @@ def patch_pairs(
     future = context + (skip + torch.arange(1, K + 1)[:, None]) * cols  # (K, M)
     valid = future < P
     future = torch.where(valid, future, 0)  # unused slots point at a harmless index
+
+    def replayed(j: int) -> torch.Tensor:
+        """Candidates in replayed frame j: the future's position, or another one."""
+        position = future
+        if negatives == "other":
+            shift = torch.randint(1, P, (K, M), generator=generator)
+            position = (future + shift) % P
+        return position + (1 + j) * P
+
     if rule.schedule is Schedule.EITHER:
         positive = torch.rand(K, M, generator=generator) < 0.5
-        candidate = torch.where(positive, future, future + P)
+        candidate = torch.where(positive, future, replayed(0))
         label = torch.where(positive, 1.0, -1.0)
         valid = valid & (positive | have_negatives)
     else:
         n = rule.num_negatives
-        candidate = torch.cat([future] + [future + (1 + j) * P for j in range(n)], dim=1)
+        candidate = torch.cat([future] + [replayed(j) for j in range(n)], dim=1)
         context = context.repeat(1, 1 + n)
         label = torch.cat([torch.ones(K, M), -torch.ones(K, n * M)], dim=1)
         valid = torch.cat([valid] + [valid & have_negatives] * n, dim=1)
@@ -203,6 +229,11 @@ class VisionLearner(LearnerBase):
         out["frames"] = self.frames
         return out
 
+    @property
+    def encode_chunk(self) -> int:
+        """Frames ``encode`` runs at once."""
+        return max(1, ENCODE_PATCHES // self.patches_per_frame)
+
     def macs_per_frame(self) -> int:
         """Multiply-accumulates of the encoder's forward pass for one frame."""
         return self.patches_per_frame * sum(
@@ -231,15 +262,19 @@ class VisionLearner(LearnerBase):
     def step(
         self, frame: np.ndarray | torch.Tensor, boundary: bool = False, dropped: int = 0
     ) -> bool:
-        """Learn from one frame (H, W, Ci), values in [0, 1] (outside: clamped and
-        counted). ``boundary``: a new scene starts here; ``dropped``: frames lost before
-        it. Returns False when the frame was refused (NaN or Inf); nothing changes then."""
-        frame = torch.as_tensor(frame, dtype=torch.float32)
+        """Learn from one frame (H, W, Ci), float values in [0, 1] (outside: clamped and
+        counted) or uint8 0..255. ``boundary``: a new scene starts here; ``dropped``:
+        frames lost before it. Returns False when the frame was refused (NaN or Inf);
+        nothing changes then. A bad shape, type or ``dropped`` raises before any change."""
+        frame = as_frames(frame)
         if tuple(frame.shape) != self.frame_shape:
             raise ValueError(
                 f"expected a frame of shape {self.frame_shape} (height, width, channels), "
                 f"got {tuple(frame.shape)}"
             )
+        if isinstance(dropped, (bool, float)) or not 0 <= operator.index(dropped) < 2**62:
+            raise ValueError(f"dropped = {dropped!r} must be a whole number of frames >= 0")
+        dropped = operator.index(dropped)  # a plain int (numpy integers too)
         c = self.counters
         c.blocks += 1
         c.overflows += dropped
@@ -262,7 +297,7 @@ class VisionLearner(LearnerBase):
             c.negatives_unavailable_blocks += 1
         v = self.config.vision
         pairs = patch_pairs(self.config.rule, self.grid, v.skip_rows, self.generator,
-                            have_negatives)  # fmt: skip
+                            have_negatives, v.negatives.value)  # fmt: skip
         pairs_used = int((pairs.weight > 0).sum())
         used = 1 + self.negatives if have_negatives else 1
         maps = cut_patches(self.frames[:used], v.patch, v.patch_stride)
@@ -296,10 +331,12 @@ class VisionLearner(LearnerBase):
 
     @torch.no_grad()
     def encode(self, images: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
-        """Patch vectors of every layer for (N, H, W, Ci) images in [0, 1]:
+        """Patch vectors of every layer for (N, H, W, Ci) images in [0, 1] (or uint8):
         [(N, P, C_l)], each patch's map pooled as its layer pools it. Does not touch the
         learner's state."""
-        images = torch.as_tensor(images, dtype=torch.float32)
+        images = as_frames(images)
+        if not all_finite(images):
+            raise ValueError("the images hold NaN or Inf values: pass finite frames")
         if images.dim() == 3:
             images = images[None]
         if tuple(images.shape[1:]) != self.frame_shape:
@@ -309,8 +346,9 @@ class VisionLearner(LearnerBase):
             )
         n, P = images.shape[0], self.patches_per_frame
         out = [torch.zeros(n, P, layer.channels) for layer in self.layers]
-        for first in range(0, n, ENCODE_CHUNK):
-            chunk = images[first : first + ENCODE_CHUNK].permute(0, 3, 1, 2)
+        step = self.encode_chunk
+        for first in range(0, n, step):
+            chunk = images[first : first + step].permute(0, 3, 1, 2)
             for i, (maps, layer) in enumerate(
                 zip(self.encode_maps(chunk), self.layers, strict=True)
             ):

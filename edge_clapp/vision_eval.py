@@ -56,17 +56,33 @@ def learn_online(
     return learner, curve
 
 
-def hinge_cpc_loss(config: Config, zhat: torch.Tensor, pred: torch.Tensor, shift: int):
+def hinge_cpc_loss(
+    config: Config,
+    zhat: torch.Tensor,
+    pred: torch.Tensor,
+    shift: int,
+    generator: torch.Generator | None = None,
+):
     """Mean hinge over all (context, future) pairs of a batch's last-layer patch vectors
-    (B, R, Q, C), each with a positive and a negative (same position, image b + shift)."""
+    (B, R, Q, C), each with a positive and a negative from image b + shift: at the same
+    position, or (``vision.negatives = "other"``) at another position drawn per pair, as
+    the online learner draws them."""
     skip = config.vision.skip_rows
-    rows = zhat.shape[1]
+    batch, rows, cols, channels = zhat.shape
+    others = zhat.roll(shift, dims=0).reshape(batch, rows * cols, channels)
     losses = []
     for k in range(1, config.rule.offsets + 1):
         ahead = skip + k
         context = zhat[:, : rows - ahead]  # (B, R - ahead, Q, C)
         future = zhat[:, ahead:]
-        negative = future.roll(shift, dims=0)
+        if config.vision.negatives.value == "other":
+            position = torch.arange(ahead * cols, rows * cols).view(rows - ahead, cols)
+            drawn = torch.randint(1, rows * cols, (batch, *position.shape), generator=generator)
+            flat = (position + drawn) % (rows * cols)  # (B, R - ahead, Q)
+            negative = others.gather(1, flat.view(batch, -1, 1).expand(-1, -1, channels))
+            negative = negative.view(batch, rows - ahead, cols, channels)
+        else:
+            negative = future.roll(shift, dims=0)
         predicted = context @ pred[k - 1].t()  # rows (P_k c)^T
         positive_score = (future * predicted).sum(-1)
         negative_score = (negative * predicted).sum(-1)
@@ -92,6 +108,7 @@ def train_hinge_cpc(
     biases = [p["bias"].clone().requires_grad_(True) for p in params]
     pred = params[-1]["pred"].clone().requires_grad_(True)
     optimiser = torch.optim.Adam([*weights, *biases, pred], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
     v = config.vision
     rows, cols = v.grid
     data = torch.as_tensor(frames).permute(0, 3, 1, 2)
@@ -106,7 +123,7 @@ def train_hinge_cpc(
         for layer, w, b in zip(config.layers, weights, biases, strict=True):
             maps = conv_forward(maps, w, b, layer.kernel, layer.stride)
         zhat = pool_maps(maps, config.layers[-1].pool.value).view(batch, rows, cols, -1)
-        loss = hinge_cpc_loss(config, zhat, pred, int(rng.integers(1, batch)))
+        loss = hinge_cpc_loss(config, zhat, pred, int(rng.integers(1, batch)), generator)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -126,8 +143,14 @@ def train_hinge_cpc(
 
 
 def image_features(learner: VisionLearner, frames: np.ndarray) -> list[np.ndarray]:
-    """Per layer (N, C_l): each image's patch vectors averaged over the grid."""
-    return [z.mean(dim=1).numpy() for z in learner.encode(frames)]
+    """Per layer (N, C_l): each image's patch vectors averaged over the grid. Encoded a
+    chunk at a time, so that only the averages of all images are held."""
+    chunk = learner.encode_chunk
+    parts = [
+        [z.mean(dim=1) for z in learner.encode(frames[i : i + chunk])]
+        for i in range(0, len(frames), chunk)
+    ]
+    return [torch.cat([p[i] for p in parts]).numpy() for i in range(len(learner.layers))]
 
 
 def probe_layers(
@@ -193,23 +216,28 @@ def evaluate(
 
 
 @torch.no_grad()
-def score_gap(learner: VisionLearner, frames: np.ndarray) -> list[float]:
+def score_gap(learner: VisionLearner, frames: np.ndarray, shift: int = 1) -> list[float]:
     """Per layer, the mean score of true pairs minus that of negatives on ``frames``
-    (N >= 2): every context with its future k rows down, and with the same position of
-    the next image (cyclically), scored with the layer's P_k. A layer that learned
-    scores its true pairs higher; the gap is ~0 for prediction matrices it never used."""
+    (N > shift): every context with its future k rows down, and with a patch of the
+    image ``shift`` later (cyclically): at the future's position, or for a learner whose
+    negatives lie elsewhere (``vision.negatives = "other"``) at the position half the
+    grid further on. Scored with the layer's P_k: a layer that learned scores its true
+    pairs higher; the gap is ~0 for prediction matrices it never used."""
     v, config = learner.config.vision, learner.config
     rows, cols = v.grid
     out = []
     for layer, z in zip(learner.layers, learner.encode(frames), strict=True):
         zhat = z.view(len(frames), rows, cols, -1)
+        others = zhat.roll(shift, dims=0)
+        if v.negatives.value == "other":
+            others = others.flatten(1, 2).roll(rows * cols // 2, dims=1).view_as(zhat)
         gaps = []
         for k in range(1, config.rule.offsets + 1):
             ahead = v.skip_rows + k
             predicted = zhat[:, : rows - ahead] @ layer.pred[k - 1].t()
             future = zhat[:, ahead:]
             positive = (future * predicted).sum(-1).mean()
-            negative = (future.roll(1, dims=0) * predicted).sum(-1).mean()
+            negative = (others[:, ahead:] * predicted).sum(-1).mean()
             gaps.append(float(positive - negative))
         out.append(float(np.mean(gaps)))
     return out

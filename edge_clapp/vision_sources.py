@@ -38,6 +38,13 @@ import numpy as np
 from .errors import ConfigError, SourceError
 from .sources import SUPPORTED_EXTENSIONS as AUDIO_EXTENSIONS
 
+# FFmpeg's own messages ("[mjpeg @ 0x...] No JPEG data found") go to stderr unless this
+# is set before OpenCV first opens a video; decode failures are counted and logged here.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+# OpenCV refuses to decode images of more pixels than this (its default, 2**30, lets a
+# 3 MB PNG of 30000 x 30000 take 5.5 GB); 2**26 is 8192 x 8192. Read when cv2 loads.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**26))
+
 try:
     import cv2
 except ImportError:  # reported by _opencv() when a vision source is opened
@@ -45,15 +52,13 @@ except ImportError:  # reported by _opencv() when a vision source is opened
 
 log = logging.getLogger(__name__)
 
-# FFmpeg's own messages ("[mjpeg @ 0x...] No JPEG data found") go to stderr unless this
-# is set before OpenCV first opens a video; decode failures are counted and logged here.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 COLORS = ("gray", "rgb")
 FITS = ("crop", "resize")
 MAX_SIDE = 4096  # largest target height or width, in pixels
+MAX_CAMERA_INDEX = 9999  # OpenCV takes a C int; no machine has more cameras
 THUMBNAIL_SIDE = 16  # scene cuts compare frames reduced to at most 16 x 16 grey pixels
 # Reads in a row that may fail before a video counts as ended: a damaged frame fails one
 # read and the next frame decodes again; at the true end every read fails.
@@ -372,6 +377,8 @@ def _check_file(path: Path, kind: str, advice: str) -> None:
         raise SourceError(f"{kind} '{path}' does not exist: {advice}")
     if path.is_dir():
         raise SourceError(f"{kind} '{path}' is a folder, not a file: {advice}")
+    if not path.is_file():  # a FIFO would block the first read; a device never ends
+        raise SourceError(f"{kind} '{path}' is not a regular file: {advice}")
     try:
         with open(path, "rb") as f:
             empty = not f.read(1)
@@ -430,18 +437,7 @@ class VideoSource(VisionSource):
         try:
             if self.header_frames is not None and skip >= self.header_frames:
                 raise self._past_end(skip, self.header_frames)
-            for i in range(skip):
-                # The last skipped frame is decoded: the cut detector compares the first
-                # frame against it, so a resumed stream continues its scene (the audio
-                # sources likewise start no recording when resuming inside one).
-                skipped = self._next(decode=i == skip - 1)
-                if skipped is None:
-                    raise self._past_end(skip, self._position)
-                if i == skip - 1:
-                    try:
-                        self._cuts.is_cut(self._shaper(skipped[0]))
-                    except _BadImage:
-                        pass  # the first frame then starts a scene
+            self._skip_to(skip)
             self._pending = self._next(decode=True)
             if self._pending is None and skip:
                 raise self._past_end(skip, self._position)
@@ -454,6 +450,30 @@ class VideoSource(VisionSource):
             capture.release()
             raise
         self.total_frames = self.header_frames - skip if self.header_frames else None
+
+    def _skip_to(self, skip: int) -> None:
+        """Advances to stream position ``skip``: one read per position, frames that fail
+        to decode included (``Frame.index`` counts them, and a run records the index
+        after its last frame). The last skipped frame is decoded: the cut detector
+        compares the first frame against it, so a resumed stream continues its scene
+        (the audio sources likewise start no recording when resuming inside one)."""
+        failures = 0
+        while self._position < skip:
+            last = self._position == skip - 1
+            with _opencv_quiet():
+                try:
+                    ok, image = self._capture.read() if last else (self._capture.grab(), None)
+                except cv2.error:
+                    ok, image = False, None
+            self._position += 1
+            failures = 0 if ok else failures + 1
+            if failures >= MAX_DECODE_FAILURES:
+                raise self._past_end(skip, self._position - failures)
+            if ok and last:
+                try:
+                    self._cuts.is_cut(self._shaper(image))
+                except _BadImage:
+                    pass  # the first frame then starts a scene
 
     def _past_end(self, skip: int, frames: int) -> SourceError:
         return SourceError(
@@ -533,7 +553,7 @@ def _find_images(root: Path, stats: VisionStats) -> tuple[list[Path], int]:
         for name in names:
             path = Path(folder, name)
             suffix = path.suffix.lower()
-            if suffix in IMAGE_EXTENSIONS:
+            if suffix in IMAGE_EXTENSIONS and path.is_file():  # no FIFOs, devices
                 found.append(path)
             else:
                 stats.files_ignored += 1
@@ -556,6 +576,12 @@ def _read_image(path: Path) -> np.ndarray:
         try:
             image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
         except cv2.error as exc:
+            if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+                limit = int(os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"])
+                raise _BadImage(
+                    f"it has more than {limit:,} pixels, the most one image may have "
+                    "(OPENCV_IO_MAX_IMAGE_PIXELS); shrink it first"
+                ) from None
             first_line = str(exc).strip().splitlines()[-1][:200]
             raise _BadImage(f"OpenCV fails on it ({first_line})") from None
     if image is None:
@@ -626,6 +652,7 @@ class ImageFolderSource(VisionSource):
                 log.warning("skipping '%s': %s", path, bad)
                 self.stats.files_skipped.append((str(path), str(bad)))
                 skipped += 1
+        self.stats.frames_dropped += skipped  # unreadable files after the last image
         return None
 
     def _generate(self) -> Iterator[Frame]:
@@ -887,10 +914,10 @@ def open_vision_source(
 
     if spec == "camera" or spec.startswith("camera:"):
         text = spec[len("camera:") :] if spec != "camera" else "0"
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()) or int(text) > MAX_CAMERA_INDEX:
             raise SourceError(
-                f"'{spec}': the camera index must be a non-negative integer (camera:0 is "
-                "the first camera)"
+                f"'{spec}': the camera index must be an integer 0..{MAX_CAMERA_INDEX} "
+                "(camera:0 is the first camera)"
             )
         if skip:
             log.info("a live camera has no position: skip_frames is ignored")

@@ -42,11 +42,12 @@ from onnx import TensorProto, helper
 from edge_clapp import __version__
 from edge_clapp.config import Config
 from edge_clapp.export.model import OPSET, TOLERANCE, ExportError, _Graph, max_abs_error
+from edge_clapp.image_data import OPENCV_DATA
 from edge_clapp.vision import VisionLearner
 
 # A real scene for the export check: pedestrians filmed by a fixed camera, 768 x 576,
 # 10 frames per second, 795 frames (installed by Debian's opencv-doc).
-VTEST_AVI = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+VTEST_AVI = OPENCV_DATA / "vtest.avi"
 CHECK_FRAMES = 8  # frames the export check runs
 CHECK_EVERY = 10  # of the video's frames, every tenth (a second apart)
 
@@ -270,10 +271,17 @@ def check_vision_in_onnxruntime(
     ]
     error = max(per_layer)
     if not error <= TOLERANCE:
+        largest = max(float(layer.weight.abs().max()) for layer in learner.layers)
+        cause = (
+            f"the run diverged (its largest weight is {largest:.1e}; float32 rounding of "
+            "such values differs between runtimes): learn again with a lower --lr"
+            if largest > 1e6
+            else "the graph is wrong"
+        )
         raise ExportError(
             f"onnxruntime disagrees with torch by {error:.2e} on {described} (bound "
-            f"{TOLERANCE:.0e}; per layer {', '.join(f'{e:.1e}' for e in per_layer)}): the "
-            "graph is wrong; nothing was written"
+            f"{TOLERANCE:.0e}; per layer {', '.join(f'{e:.1e}' for e in per_layer)}): "
+            f"{cause}; nothing was written"
         )
     return {
         "frames": len(frames),

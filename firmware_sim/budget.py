@@ -344,10 +344,10 @@ def _count_work_vision(config: Config) -> list[Work]:
 
 
 def check_fps(fps: float) -> float:
-    """A frame rate in (0, 1000] frames per second, or BudgetError naming it."""
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000:
+    """A frame rate in [0.01, 1000] frames per second, or BudgetError naming it."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0.01 <= fps <= 1000:
         raise BudgetError(
-            f"--fps {fps!r} must be a number of frames per second in (0, 1000] (e.g. 10, "
+            f"--fps {fps!r} must be a number of frames per second in 0.01..1000 (e.g. 10, "
             "vtest.avi's rate, or 30 for a typical camera)"
         )
     return float(fps)

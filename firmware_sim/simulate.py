@@ -139,7 +139,7 @@ def format_report(report: dict) -> str:
     lines.append(
         f"  total {cycles[f'cycles_per_{per}']:,.0f} of "
         f"{cycles[f'cycles_available_per_{per}']:,.0f} cycles per {per}{rate}: real-time "
-        f"margin {cycles['realtime_margin']:.1f}x"
+        f"margin {cycles['realtime_margin']:.2f}x"
     )
     if "measured" in report:
         m = report["measured"]

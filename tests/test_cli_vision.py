@@ -37,9 +37,11 @@ def test_resume_continues_the_video_bit_identically(tmp_path):
     video = f"video:{VTEST}"
     assert main(["learn", "--source", video, "--out", str(straight), "--max-frames", "50",
                  "--quiet"]) == 0  # fmt: skip
-    assert main(["learn", "--source", video, "--out", str(split), "--max-frames", "20",
+    # Started with the bare path, resumed with the prefixed one: the same source.
+    assert main(["learn", "--source", str(VTEST), "--out", str(split), "--max-frames", "20",
                  "--quiet"]) == 0  # fmt: skip
-    assert main(["learn", "--resume", str(split), "--max-frames", "30", "--quiet"]) == 0
+    assert main(["learn", "--resume", str(split), "--source", video, "--max-frames", "30",
+                 "--quiet"]) == 0  # fmt: skip
     a, _ = load_checkpoint(straight / "checkpoint")
     b, extra = load_checkpoint(split / "checkpoint")
     assert extra["samples_consumed"] == 50
@@ -64,19 +66,23 @@ def test_camera_without_a_camera_is_a_clear_error(tmp_path, capfd):
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--preset", "raw"], "learns from audio: use --preset vision"),
-        (["--max-frames", "0"], "must be > 0"),
-    ],
-)
-def test_a_source_that_does_not_fit_the_config_is_refused(tmp_path, capsys, args, message):
-    with pytest.raises(SystemExit) if "0" in args else _nothing():
-        code = main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "r"),
-                     "--quiet", *args])  # fmt: skip
-        assert code == 2
-    assert message in capsys.readouterr().err
+def test_a_source_that_does_not_fit_the_config_is_refused(tmp_path, capsys):
+    code = main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "r"),
+                 "--quiet", "--preset", "raw"])  # fmt: skip
+    assert code == 2
+    assert "learns from audio: use --preset vision" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoint").exists()
+
+
+def test_bad_frame_limits_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "r"),
+              "--max-frames", "0"])  # fmt: skip
+    assert "must be > 0" in capsys.readouterr().err
+    code = main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "r"),
+                 "--max-frames", "3", "--max-seconds", "1", "--quiet"])  # fmt: skip
+    assert code == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_an_audio_source_with_the_vision_preset_is_refused(tmp_path, capsys):
@@ -91,25 +97,45 @@ def test_an_audio_source_with_the_vision_preset_is_refused(tmp_path, capsys):
     assert "is an audio source" in capsys.readouterr().err
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def test_probe_a_vision_run_on_mnist(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(out), "--max-frames",
-                 "20", "--quiet"]) == 0  # fmt: skip
+def test_more_refusals_before_any_work(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(run), "--max-frames",
+                 "3", "--quiet"]) == 0  # fmt: skip
     capsys.readouterr()
-    report = tmp_path / "probe.json"
-    assert main(["probe", str(out), "--task", "mnist", "--json", str(report)]) == 0
-    printed = capsys.readouterr().out
-    assert "4,000 train / 1,000 held-out images" in printed
-    layers = json.loads(report.read_text())["layers"]
-    assert [r["layer"] for r in layers] == [1, 2, 3]
-    assert all(r["accuracy"] > 2 * r["chance"] for r in layers)  # digits are learnable
-    assert main(["probe", str(out), "--task", "word"]) == 2
-    assert "does not fit this vision run" in capsys.readouterr().err
+    # A new run inside a checkpoint folder would shadow the run it belongs to.
+    inside = run / "checkpoint"
+    code = main(["learn", "--source", f"video:{VTEST}", "--out", str(inside), "--quiet"])
+    assert code == 2 and "is a run's checkpoint folder" in capsys.readouterr().err
+    # Absurd durations are refused by the parser.
+    with pytest.raises(SystemExit):
+        main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "x"),
+              "--max-seconds", "1e308"])  # fmt: skip
+    assert "at most 1e+09 seconds" in capsys.readouterr().err
+    # A folder of videos is not a video: each must be named.
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.avi").write_bytes(VTEST.read_bytes()[:200_000])
+    code = main(["learn", "--source", str(videos), "--out", str(tmp_path / "y"), "--preset",
+                 "vision", "--quiet"])  # fmt: skip
+    assert code == 2 and "pass each video with video:PATH" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_a_negative_replay_count_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from edge_clapp.errors import CheckpointError
+    from edge_clapp.paths import file_sha256
+
+    run = tmp_path / "run"
+    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(run), "--max-frames",
+                 "3", "--quiet"]) == 0  # fmt: skip
+    folder = run / "checkpoint"
+    meta = json.loads((folder / "meta.json").read_text())
+    state = folder / meta["state_file"]
+    tensors = load_file(str(state))
+    tensors["replay.offered"] = torch.tensor(-5)
+    save_file(tensors, str(state))
+    meta["sha256"] = file_sha256(state)  # a careful edit: the checksum matches
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="replay.offered holds -5"):
+        load_checkpoint(folder)

@@ -116,12 +116,17 @@ def _assert_step_is_minus_gradient(step, zhat, params, pairs, s, lr=0.05):
         loss = (w * torch.relu(1 - y * score)).sum() + (w * torch.relu(1 - y * score_r)).sum()
     loss.backward()
 
-    # The test is only meaningful if both gate states occur for both labels.
+    # The test is only meaningful if both gate states occur for both labels, in both
+    # hinges of CLAPP.
     used = w > 0
-    for label in (1.0, -1.0):
-        inside = (y * score < 1) & used & (y == label)
-        outside = (y * score >= 1) & used & (y == label)
-        assert inside.any() and outside.any(), f"label {label}: gate states not both covered"
+    scores = {"P": score} if retro is None else {"P": score, "R": score_r}
+    for name, u in scores.items():
+        for label in (1.0, -1.0):
+            inside = (y * u < 1) & used & (y == label)
+            outside = (y * u >= 1) & used & (y == label)
+            assert inside.any() and outside.any(), (
+                f"{name} hinge, label {label}: gate states not both covered"
+            )
 
     assert abs(float(step.loss) - loss.item()) <= TOL * abs(loss.item())
     explicit = {"weight": step.weight, "bias": step.bias, "pred": step.pred}
@@ -157,7 +162,8 @@ def test_conv2d_update_equals_minus_gradient(variant, pool, geometry, s):
     """Conv2d patch layers, average and max pooling: explicit update vs autograd through
     F.conv2d and adaptive_{avg,max}_pool2d on the patch maps."""
     c_in, channels, kernel, stride, side = geometry
-    # Seed chosen so that every case covers both gate states for both labels (checked).
+    # Seed and 48 pairs per offset chosen so that every case covers both gate states for
+    # both labels in both hinges (checked above; with 24 pairs, k5s2p6 did not).
     gen = torch.Generator().manual_seed(7)
     K, n_patches = 3, 20
     weight = torch.randn(channels, c_in * kernel**2, generator=gen, dtype=torch.float64) * 0.7
@@ -169,7 +175,7 @@ def test_conv2d_update_equals_minus_gradient(variant, pool, geometry, s):
         else None
     )
     maps = torch.randn(n_patches, c_in, side, side, generator=gen, dtype=torch.float64)
-    pairs = _pairs(K, 24, n_patches, gen)
+    pairs = _pairs(K, 48, n_patches, gen)
 
     x_rows = window_rows(maps, kernel, stride)  # the learner's im2col
     z_rows = torch.addmm(bias, x_rows, weight.t()).relu()

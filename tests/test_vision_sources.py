@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,15 @@ def test_megamind_trailer_cuts_are_found_where_the_shots_change():
     assert len(frames) == 270
     assert [f.index for f in frames if f.boundary] == [0, 1, 98, 154, 200]
     assert cut_at.stats.scene_cuts == 4
+
+    # Resumed at a cut, the first frame is compared with the last skipped one: a boundary;
+    # resumed inside a shot it is none.
+    at_cut = open_vision_source(str(DATA / "Megamind.avi"), height=24, width=32,
+                                skip_frames=98)  # fmt: skip
+    inside = open_vision_source(str(DATA / "Megamind.avi"), height=24, width=32,
+                                skip_frames=120)  # fmt: skip
+    assert [f.index for f in _read_all(at_cut) if f.boundary] == [98, 154, 200]
+    assert [f.index for f in _read_all(inside) if f.boundary] == [154, 200]
 
     # The default threshold (0.1) finds the same cuts; 0.3 is above every change here.
     default = open_vision_source(str(DATA / "Megamind.avi"), height=24, width=32)
@@ -210,6 +220,15 @@ def test_frames_that_fail_to_decode_are_counted_as_dropped(tmp_path, capfd):
     assert {f.index: f.dropped for f in frames if f.dropped} == {12: 2, 21: 1}
     assert source.stats.frames_dropped == 3 and source.stats.frames_read == 37
     assert capfd.readouterr().err == "", "FFmpeg's decode errors reached stderr"
+
+    # skip_frames counts stream positions, failed frames included (a resumed run records
+    # the index after its last frame): resuming at 13 or 21 starts exactly there.
+    for skip, first in ((13, 13), (21, 21), (10, 12), (11, 12)):
+        resumed = _read_all(open_vision_source(str(broken), height=8, width=8,
+                                               skip_frames=skip))  # fmt: skip
+        assert resumed[0].index == first and _level_index(resumed[0]) == first
+        assert resumed[0].dropped == first - skip
+    assert capfd.readouterr().err == ""
 
 
 def test_video_files_that_cannot_be_read_are_refused_with_the_reason(tmp_path, capfd):
@@ -383,8 +402,10 @@ def test_is_vision_spec_tells_vision_from_audio(tmp_path):
     "spec, message",
     [
         ("", r"the vision source is empty: pass camera, camera:INDEX, video:PATH"),
-        ("camera:-1", r"'camera:-1': the camera index must be a non-negative integer"),
-        ("camera:front", r"the camera index must be a non-negative integer"),
+        ("camera:-1", r"'camera:-1': the camera index must be an integer 0..9999"),
+        ("camera:front", r"the camera index must be an integer 0..9999"),
+        ("camera:\u00b2", r"the camera index must be an integer 0..9999"),  # a Unicode digit
+        ("camera:2147483648", r"the camera index must be an integer 0..9999"),
         ("video:", r"'video:' names no path"),
         ("webcam", r"'webcam' is not a vision source: pass camera, camera:INDEX"),
     ],
@@ -559,3 +580,24 @@ def test_video_source_accepts_a_path_object(tmp_path):
     path = _level_video(tmp_path / "v.avi", 4)
     frames = _read_all(VideoSource(path, FrameFormat(8, 8), skip_frames=1))
     assert [f.index for f in frames] == [1, 2, 3]
+
+
+def test_fifos_and_oversized_images_are_refused_not_waited_on(tmp_path):
+    """A FIFO named as a video is refused at once (reading it would block); one inside an
+    image folder is not an image file; an image of more pixels than
+    OPENCV_IO_MAX_IMAGE_PIXELS (2**26 here) is skipped with the reason."""
+    fifo = tmp_path / "pipe.avi"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match="is not a regular file"):
+        open_vision_source(f"video:{fifo}", height=8, width=8)
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    os.mkfifo(folder / "a_pipe.png")
+    cv2.imwrite(str(folder / "b_big.png"), np.zeros((9000, 8000), np.uint8))  # 72 M pixels
+    cv2.imwrite(str(folder / "c_ok.png"), np.full((40, 40), 200, np.uint8))
+    source = open_vision_source(f"images:{folder}", height=8, width=8)
+    frames = _read_all(source)
+    assert len(frames) == 1 and frames[0].dropped == 1
+    assert source.stats.files_ignored == 1  # the FIFO
+    ((path, reason),) = source.stats.files_skipped
+    assert path.endswith("b_big.png") and "more than 67,108,864 pixels" in reason
