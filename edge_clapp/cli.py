@@ -227,9 +227,11 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 f"'{out}' already holds another run: pass an empty --out, or leave --out "
                 f"out to continue in '{folder.parent}'"
             )
-        spec = _source_key(args.source) if args.source else extra.get("source_spec")
-        if spec is None:
-            raise EdgeClappError("--resume needs --source: the run did not record its source")
+        if _exists(out / "meta.json"):
+            raise EdgeClappError(
+                f"'{out}' is a run's checkpoint folder: pass the run's folder (or leave --out "
+                "out) to continue it"
+            )
         recorded, consumed = extra.get("source_spec"), extra.get("samples_consumed", 0)
         if (
             not isinstance(recorded, (str, type(None)))
@@ -241,6 +243,9 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 f"(source_spec {str(recorded)[:80]!r}, samples_consumed "
                 f"{str(consumed)[:80]}): it was edited or damaged"
             )
+        if args.source is None and recorded is None:
+            raise EdgeClappError("--resume needs --source: the run did not record its source")
+        spec = _source_key(args.source if args.source is not None else recorded)
         same = recorded is not None and spec == _source_key(recorded) and not _is_live(spec)
         skip = consumed if same else 0
         fits = is_vision_spec(spec) == learner.config.is_vision  # else refused below
@@ -270,11 +275,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
             ) from None
         out = Path(args.out)
 
+    if args.max_frames and args.max_seconds:
+        raise EdgeClappError("pass --max-frames or --max-seconds, not both")
     config = learner.config
     source = _open_learn_source(config, spec, skip)
-    if args.max_frames and args.max_seconds:
-        source.close()
-        raise EdgeClappError("pass --max-frames or --max-seconds, not both")
     if config.is_vision:
         limit = args.max_frames or _frames_of(args.max_seconds, source, "--max-seconds")
         every = _frames_of(args.checkpoint_every, source, "--checkpoint-every")

@@ -100,6 +100,7 @@ MAX_LR = 1e30  # float32 holds up to 3.4e38; a larger rate cannot even be applie
 # The camera learner's per-step workspace (windows and outputs of every patch of the
 # current and replayed frames): a step's temporaries are about twice as much again.
 MAX_VISION_WORKSPACE_BYTES = 512 * 2**20
+MAX_VISION_POOL_BYTES = 1024 * 2**20  # the camera learner's replay pool of frames
 
 
 def _enum(enum_type: type[Enum], value: Any, name: str) -> Any:
@@ -470,6 +471,14 @@ class Config:
                 "front end yet; learn in float (leave --quant out)"
             )
         self.patch_sizes()  # every layer keeps at least one position
+        v = self.vision
+        pool = 4 * self.stream.replay_capacity * v.height * v.width * v.channels
+        if pool > MAX_VISION_POOL_BYTES:
+            raise ConfigError(
+                f"stream.replay_capacity = {self.stream.replay_capacity} frames of "
+                f"{v.height} x {v.width} x {v.channels} take {pool / 2**20:,.0f} MiB (at most "
+                f"{MAX_VISION_POOL_BYTES // 2**20}): keep fewer frames or smaller ones"
+            )
         workspace = self.vision_workspace_bytes()
         if workspace > MAX_VISION_WORKSPACE_BYTES:
             raise ConfigError(
@@ -568,7 +577,8 @@ class Config:
         return data
 
     def to_toml(self) -> str:
-        """The config as TOML that ``--config`` reads back to an equal config."""
+        """The config as TOML that ``--config`` reads back to an equal config (a camera
+        config: equal in every setting a camera run uses; see ``to_dict``)."""
         data = self.to_dict()
         lines = [f"{k} = {_toml_value(data[k])}" for k in ("preset", "seed")]
         for section in [

@@ -13,8 +13,8 @@ Every frame is cut into a grid of overlapping patches (after the published visio
 through the same stack of convolutions on its own, and each layer pools its map into one
 vector per patch (mean or maximum). These patch vectors are the rule's "frames": the
 patch at grid row r, column c is a context; the patch ``skip_rows + k`` rows below it in
-the same column is its true future for offset k; the patch at that position in a
-replayed frame is a negative.
+the same column is its true future for offset k; a patch of a replayed frame is a
+negative (at another position, or at the future's: ``vision.negatives``).
 
 A layer's workspace holds the windows and outputs of ``(1 + n) P`` patches: the current
 frame's, then each replayed frame's. It is scratch (rebuilt every frame), allocated once.
@@ -23,6 +23,7 @@ frame's, then each replayed frame's. It is scratch (rebuilt every frame), alloca
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -34,9 +35,9 @@ from edge_clapp.learner import Counters, LayerMeter, LearnerBase, all_finite
 from edge_clapp.replay import FramePool
 from edge_clapp.rule import Pairs
 
-# Patches per chunk when encoding many images at once (bounds encode's memory): 128
-# frames of the 7 x 7 grid of the vision preset.
-ENCODE_PATCHES = 128 * 49
+# Bytes of layer outputs per chunk when encoding many images at once (bounds encode's
+# memory; the vision preset's layer 1 takes 128 frames of it).
+ENCODE_BYTES = 64 * 2**20
 
 
 def as_frames(values: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -94,6 +95,8 @@ def patch_pairs(
     rule's schedule: at the same position (``negatives = "same"``), or at any other
     position, drawn per pair (``"other"``). Slots whose future falls below the grid have
     weight 0."""
+    if negatives not in ("same", "other"):
+        raise ValueError(f"negatives = {negatives!r}: 'same' or 'other'")
     rows, cols = grid
     P, K = rows * cols, rule.offsets
     M = (rows - skip - 1) * cols  # contexts of offset 1; larger offsets use fewer
@@ -231,8 +234,10 @@ class VisionLearner(LearnerBase):
 
     @property
     def encode_chunk(self) -> int:
-        """Frames ``encode`` runs at once."""
-        return max(1, ENCODE_PATCHES // self.patches_per_frame)
+        """Frames ``encode`` runs at once: as many as keep the largest layer's output maps
+        within ENCODE_BYTES (a layer's maps are pooled, and freed, before the next)."""
+        largest = max(layer.g * layer.channels for layer in self.layers)
+        return max(1, ENCODE_BYTES // (4 * self.patches_per_frame * largest))
 
     def macs_per_frame(self) -> int:
         """Multiply-accumulates of the encoder's forward pass for one frame."""
@@ -319,15 +324,14 @@ class VisionLearner(LearnerBase):
     # -- inference ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_maps(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's output maps for (N, Ci, H, W) frames: [(N * P, C_l, s_l, s_l)]."""
+    def encode_maps(self, frames: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Every layer's output maps for (N, Ci, H, W) frames, one layer at a time:
+        (N * P, C_l, s_l, s_l)."""
         v = self.config.vision
         maps = cut_patches(frames, v.patch, v.patch_stride)
-        out = []
         for layer in self.layers:
             maps = layer.forward_maps(maps)
-            out.append(maps)
-        return out
+            yield maps
 
     @torch.no_grad()
     def encode(self, images: np.ndarray | torch.Tensor) -> list[torch.Tensor]:

@@ -11,8 +11,9 @@ the train images and scored on the test images.
 
 End-to-end Hinge-CPC (the backprop baseline of CLAPP.md): the last layer's patch vectors,
 the same pairs as the rule (a patch predicts the patch skip_rows + k rows below; the
-negative is the same position in another image of the batch), one hinge per pair, no R,
-gradients through every layer, Adam.
+negative is a patch of another image of the batch, where the config's
+``vision.negatives`` puts it), one hinge per pair, no R, gradients through every layer,
+Adam.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def hinge_cpc_loss(
     generator: torch.Generator | None = None,
 ):
     """Mean hinge over all (context, future) pairs of a batch's last-layer patch vectors
-    (B, R, Q, C), each with a positive and a negative from image b + shift: at the same
+    (B, R, Q, C), each with a positive and a negative from image b - shift: at the same
     position, or (``vision.negatives = "other"``) at another position drawn per pair, as
     the online learner draws them."""
     skip = config.vision.skip_rows
@@ -216,20 +217,27 @@ def evaluate(
 
 
 @torch.no_grad()
-def score_gap(learner: VisionLearner, frames: np.ndarray, shift: int = 1) -> list[float]:
+def score_gap(
+    learner: VisionLearner, frames: np.ndarray, shift: int = 1, negatives: str = "same"
+) -> list[float]:
     """Per layer, the mean score of true pairs minus that of negatives on ``frames``
-    (N > shift): every context with its future k rows down, and with a patch of the
-    image ``shift`` later (cyclically): at the future's position, or for a learner whose
-    negatives lie elsewhere (``vision.negatives = "other"``) at the position half the
-    grid further on. Scored with the layer's P_k: a layer that learned scores its true
-    pairs higher; the gap is ~0 for prediction matrices it never used."""
+    (N > shift): every context with its future k rows down, and with a patch of image
+    i - shift (cyclically): at the future's position (``negatives = "same"``), or at
+    the position half the grid before it (``"other"``). Scored with the layer's P_k: a
+    layer that learned scores its true pairs higher; the gap is ~0 for prediction
+    matrices it never used. From a static camera "same" negatives are near copies of
+    the true futures: the gap is ~0 whatever the encoder."""
+    if not 0 < shift < len(frames):
+        raise ValueError(f"shift = {shift} needs 0 < shift < {len(frames)} (the frames)")
+    if negatives not in ("same", "other"):
+        raise ValueError(f"negatives = {negatives!r}: 'same' or 'other'")
     v, config = learner.config.vision, learner.config
     rows, cols = v.grid
     out = []
     for layer, z in zip(learner.layers, learner.encode(frames), strict=True):
         zhat = z.view(len(frames), rows, cols, -1)
-        others = zhat.roll(shift, dims=0)
-        if v.negatives.value == "other":
+        others = zhat.roll(shift, dims=0)  # image i - shift
+        if negatives == "other":
             others = others.flatten(1, 2).roll(rows * cols // 2, dims=1).view_as(zhat)
         gaps = []
         for k in range(1, config.rule.offsets + 1):

@@ -38,12 +38,8 @@ import numpy as np
 from .errors import ConfigError, SourceError
 from .sources import SUPPORTED_EXTENSIONS as AUDIO_EXTENSIONS
 
-# FFmpeg's own messages ("[mjpeg @ 0x...] No JPEG data found") go to stderr unless this
-# is set before OpenCV first opens a video; decode failures are counted and logged here.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
-# OpenCV refuses to decode images of more pixels than this (its default, 2**30, lets a
-# 3 MB PNG of 30000 x 30000 take 5.5 GB); 2**26 is 8192 x 8192. Read when cv2 loads.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**26))
+# OPENCV_FFMPEG_LOGLEVEL and OPENCV_IO_MAX_IMAGE_PIXELS are set by edge_clapp/__init__.py,
+# before anything imports OpenCV.
 
 try:
     import cv2
@@ -437,10 +433,11 @@ class VideoSource(VisionSource):
         try:
             if self.header_frames is not None and skip >= self.header_frames:
                 raise self._past_end(skip, self.header_frames)
-            self._skip_to(skip)
+            trailing = self._skip_to(skip)
             self._pending = self._next(decode=True)
             if self._pending is None and skip:
-                raise self._past_end(skip, self._position)
+                # _next stepped back over its own failed reads; those of the skip too.
+                raise self._past_end(skip, self._position - trailing)
             if self._pending is None:
                 raise SourceError(
                     f"{self.description} holds no frame that decodes (an empty or damaged "
@@ -451,13 +448,14 @@ class VideoSource(VisionSource):
             raise
         self.total_frames = self.header_frames - skip if self.header_frames else None
 
-    def _skip_to(self, skip: int) -> None:
+    def _skip_to(self, skip: int) -> int:
         """Advances to stream position ``skip``: one read per position, frames that fail
         to decode included (``Frame.index`` counts them, and a run records the index
         after its last frame). The last skipped frame is decoded: the cut detector
         compares the first frame against it, so a resumed stream continues its scene
-        (the audio sources likewise start no recording when resuming inside one)."""
-        failures = 0
+        (the audio sources likewise start no recording when resuming inside one). Returns
+        the failed reads it ended on (past the end of a video of unknown length)."""
+        failures = 0  # failed reads in a row, up to now
         while self._position < skip:
             last = self._position == skip - 1
             with _opencv_quiet():
@@ -474,6 +472,7 @@ class VideoSource(VisionSource):
                     self._cuts.is_cut(self._shaper(image))
                 except _BadImage:
                     pass  # the first frame then starts a scene
+        return failures
 
     def _past_end(self, skip: int, frames: int) -> SourceError:
         return SourceError(

@@ -139,3 +139,22 @@ def test_a_checkpoint_with_a_negative_replay_count_is_refused(tmp_path):
     (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="replay.offered holds -5"):
         load_checkpoint(folder)
+
+
+def test_resume_of_a_run_that_recorded_a_bare_path_continues(tmp_path, capsys):
+    """A run whose checkpoint records the video as a bare path (as runs did before the
+    `video:` spelling was recorded) resumes where it stopped, without --source; and a
+    resume into its own checkpoint folder is refused."""
+    run = tmp_path / "run"
+    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(run), "--max-frames",
+                 "8", "--quiet"]) == 0  # fmt: skip
+    meta_path = run / "checkpoint" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["extra"]["source_spec"] = str(VTEST)
+    meta_path.write_text(json.dumps(meta))
+    assert main(["learn", "--resume", str(run), "--max-frames", "4", "--quiet"]) == 0
+    assert "learning from the start" not in capsys.readouterr().err
+    _, extra = load_checkpoint(run / "checkpoint")
+    assert extra["samples_consumed"] == 12
+    code = main(["learn", "--resume", str(run), "--out", str(run / "checkpoint"), "--quiet"])
+    assert code == 2 and "is a run's checkpoint folder" in capsys.readouterr().err

