@@ -158,3 +158,19 @@ def test_resume_of_a_run_that_recorded_a_bare_path_continues(tmp_path, capsys):
     assert extra["samples_consumed"] == 12
     code = main(["learn", "--resume", str(run), "--out", str(run / "checkpoint"), "--quiet"])
     assert code == 2 and "is a run's checkpoint folder" in capsys.readouterr().err
+
+
+def test_probe_a_vision_run_on_mnist(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(out), "--max-frames",
+                 "20", "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    report = tmp_path / "probe.json"
+    assert main(["probe", str(out), "--task", "mnist", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "4,000 train / 1,000 held-out images" in printed
+    layers = json.loads(report.read_text())["layers"]
+    assert [r["layer"] for r in layers] == [1, 2, 3]
+    assert all(r["accuracy"] > 2 * r["chance"] for r in layers)  # digits are learnable
+    assert main(["probe", str(out), "--task", "word"]) == 2
+    assert "does not fit this vision run" in capsys.readouterr().err

@@ -344,3 +344,39 @@ def test_a_replay_pool_too_large_and_unknown_negatives_are_refused():
     config = resolve_config("vision")
     with pytest.raises(ValueError, match="'same' or 'other'"):
         patch_pairs(config.rule, config.vision.grid, 1, torch.Generator(), True, "nearby")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"rule": {"lr": 1e39}}, "is more than 1e\\+30"),
+        ({"vision": {"height": 512, "width": 512}}, "MiB of workspace per step"),
+    ],
+)
+def test_configs_that_could_only_fail_later_are_refused_up_front(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("vision", overrides=overrides)
+
+
+def test_frame_types_and_dropped_counts_are_checked_before_any_change():
+    learner = VisionLearner(resolve_config("vision"))
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (32, 32, 1)).astype(np.uint8)
+    assert learner.step(codes)  # uint8 0..255 is scaled, not clamped
+    assert learner.counters.out_of_range_samples == 0
+    assert torch.equal(learner.frames[0], torch.as_tensor(codes).permute(2, 0, 1) / 255.0)
+    before = {k: v.clone() for k, v in learner.tensors().items()}
+    frame = codes / 255.0
+    for bad in (-5, 1.5, 2**70, None, True):
+        with pytest.raises((ValueError, TypeError)):
+            learner.step(frame, dropped=bad)
+    for bad in (codes.astype(np.int64), codes.astype(np.complex64)):
+        with pytest.raises(TypeError, match="floats in \\[0, 1\\] or uint8"):
+            learner.step(bad)
+    assert learner.counters.blocks == 1
+    for name, t in learner.tensors().items():
+        assert torch.equal(t, before[name]), name
+    learner.step(frame, dropped=np.int64(3))
+    assert learner.counters.overflows == 3 and type(learner.counters.overflows) is int
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        learner.encode(np.full((2, 32, 32, 1), np.nan, np.float32))
