@@ -227,11 +227,6 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 f"'{out}' already holds another run: pass an empty --out, or leave --out "
                 f"out to continue in '{folder.parent}'"
             )
-        if _exists(out / "meta.json"):
-            raise EdgeClappError(
-                f"'{out}' is a run's checkpoint folder: pass the run's folder (or leave --out "
-                "out) to continue it"
-            )
         recorded, consumed = extra.get("source_spec"), extra.get("samples_consumed", 0)
         if (
             not isinstance(recorded, (str, type(None)))
@@ -259,10 +254,6 @@ def _cmd_learn(args: argparse.Namespace) -> int:
                 f"'{args.out}' already holds a run: continue it with --resume {args.out}, "
                 "or pass another --out"
             )
-        if _exists(Path(args.out) / "meta.json"):
-            raise EdgeClappError(
-                f"'{args.out}' is a run's checkpoint folder: pass a new folder for the run"
-            )
         spec, skip = _source_key(args.source), 0
         default = "vision" if is_vision_spec(spec) else "raw"
         config = resolve_config(args.preset or default, args.config, _overrides(args))
@@ -275,6 +266,11 @@ def _cmd_learn(args: argparse.Namespace) -> int:
             ) from None
         out = Path(args.out)
 
+    if _exists(out / "meta.json"):  # a run written there would shadow the one it holds
+        raise EdgeClappError(
+            f"'{out}' is a run's checkpoint folder: pass the run's own folder (to continue "
+            "it) or a new one"
+        )
     if args.max_frames and args.max_seconds:
         raise EdgeClappError("pass --max-frames or --max-seconds, not both")
     config = learner.config

@@ -470,7 +470,6 @@ class Config:
                 "quantisation-aware learning (quant.enabled) is not available for the image "
                 "front end yet; learn in float (leave --quant out)"
             )
-        self.patch_sizes()  # every layer keeps at least one position
         v = self.vision
         pool = 4 * self.stream.replay_capacity * v.height * v.width * v.channels
         if pool > MAX_VISION_POOL_BYTES:
@@ -493,11 +492,17 @@ class Config:
     def is_vision(self) -> bool:
         return self.frontend.kind is FrontendKind.IMAGE
 
+    @property
+    def replayed_frames(self) -> int:
+        """Frames a camera learner replays per step for its negatives: one for the
+        "either" schedule, ``rule.num_negatives`` for "both"."""
+        return 1 if self.rule.schedule is Schedule.EITHER else self.rule.num_negatives
+
     def vision_workspace_bytes(self) -> int:
         """Bytes of the camera learner's workspace: every layer's windows (g x D) and
         outputs (g x C) for each patch of the current and the replayed frames."""
         rows, cols = self.vision.grid
-        frames = 1 + (self.rule.num_negatives if self.rule.schedule is Schedule.BOTH else 1)
+        frames = 1 + self.replayed_frames
         sizes, in_channels, total = self.patch_sizes(), self.vision.channels, 0
         for layer, size in zip(self.layers, sizes[1:], strict=True):
             window = in_channels * layer.kernel**2

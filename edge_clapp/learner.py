@@ -173,10 +173,7 @@ def draw_pairs(
         context = context.repeat(1, 1 + n)
         label = torch.cat([torch.where(crossing, -1.0, 1.0), -torch.ones(K, n * F)], dim=1)
         valid = torch.cat([valid, *[valid & have_negatives for _ in range(n)]], dim=1)
-
-    weight = valid.to(torch.float32)
-    weight /= weight.sum().clamp(min=1.0)
-    return Pairs(context=context, candidate=candidate, label=label, weight=weight)
+    return Pairs.weighted(context, candidate, label, valid)
 
 
 class LearnerBase:

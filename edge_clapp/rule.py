@@ -37,6 +37,20 @@ class Pairs:
     label: torch.Tensor  # (K, M) +1 (true future) or -1 (negative)
     weight: torch.Tensor  # (K, M) >= 0; 0 marks an unused slot
 
+    @classmethod
+    def weighted(
+        cls,
+        context: torch.Tensor,
+        candidate: torch.Tensor,
+        label: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> Pairs:
+        """Pairs whose slots in use (``valid``) share the weight equally: 1 / (pairs in
+        use), so a block's loss is the mean over its pairs; 0 for the others."""
+        weight = valid.to(torch.float32)
+        weight /= weight.sum().clamp(min=1.0)
+        return cls(context=context, candidate=candidate, label=label, weight=weight)
+
 
 @dataclass
 class RuleStep:

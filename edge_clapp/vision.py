@@ -124,9 +124,7 @@ def patch_pairs(
         context = context.repeat(1, 1 + n)
         label = torch.cat([torch.ones(K, M), -torch.ones(K, n * M)], dim=1)
         valid = torch.cat([valid] + [valid & have_negatives] * n, dim=1)
-    weight = valid.to(torch.float32)
-    weight /= weight.sum().clamp(min=1.0)
-    return Pairs(context=context, candidate=candidate, label=label, weight=weight)
+    return Pairs.weighted(context, candidate, label, valid)
 
 
 class Conv2dLayer(LayerParameters):
@@ -136,19 +134,21 @@ class Conv2dLayer(LayerParameters):
         self,
         config: LayerConfig,
         in_channels: int,
-        size_in: int,
+        size: int,
         rule: RuleConfig,
         samples: int,
         generator: torch.Generator,
     ) -> None:
+        """``size``: the side of a patch's output map (``Config.patch_sizes``); the
+        workspace holds ``samples`` patches."""
         self.config = config
         self.in_channels = in_channels
         self.channels = config.channels
         self.kernel = config.kernel
         self.stride = config.stride
         self.pool = config.pool.value
-        self.size = -(-size_in // config.stride)
-        self.g = self.size**2
+        self.size = size
+        self.g = size**2
         init = init_parameters(config, in_channels, rule, generator)
         self.weight, self.bias, self.pred = init["weight"], init["bias"], init["pred"]
         self.retro = init.get("retro")
@@ -194,14 +194,16 @@ class VisionLearner(LearnerBase):
         vision, rule = config.vision, config.rule
         self.grid = vision.grid
         self.patches_per_frame = self.grid[0] * self.grid[1]
-        self.negatives = 1 if rule.schedule is Schedule.EITHER else rule.num_negatives
+        self.negatives = config.replayed_frames
         samples = (1 + self.negatives) * self.patches_per_frame
         sizes = config.patch_sizes()
         self.layers: list[Conv2dLayer] = []
         in_channels = vision.channels
         for i, layer_config in enumerate(config.layers):
             self.layers.append(
-                Conv2dLayer(layer_config, in_channels, sizes[i], rule, samples, self.generator)
+                Conv2dLayer(
+                    layer_config, in_channels, sizes[i + 1], rule, samples, self.generator
+                )
             )
             in_channels = layer_config.channels
         self.score_scales = config.score_scales()

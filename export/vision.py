@@ -158,18 +158,7 @@ def build_vision_model(
         "patch": str(v.patch),
         "patch_stride": str(v.patch_stride),
         "grid": json.dumps(list(v.grid)),
-        "layers": json.dumps(
-            [
-                {
-                    "kind": lc.kind.value,
-                    "channels": lc.channels,
-                    "kernel": lc.kernel,
-                    "stride": lc.stride,
-                    "pool": lc.pool.value,
-                }  # fmt: skip
-                for lc in config.layers[:count]
-            ]
-        ),
+        "layers": json.dumps(config.to_dict()["layers"][:count]),
         "frames_learned": str(learner.counters.blocks_learned),
         "precision": "float32",
         "streaming": "false",
@@ -195,16 +184,15 @@ def read_video_frames(
     v = config.vision
     frames: list[np.ndarray] = []
     try:
-        source = open_vision_source(
+        with open_vision_source(
             f"video:{path}", height=v.height, width=v.width, color=v.color.value,
             fit=v.fit.value, skip_frames=first,
-        )  # fmt: skip
-        for frame in source.frames():
-            if (frame.index - first) % every == 0:
-                frames.append(frame.image)
-                if len(frames) == count:
-                    break
-        source.close()
+        ) as source:  # fmt: skip
+            for frame in source.frames():
+                if (frame.index - first) % every == 0:
+                    frames.append(frame.image)
+                    if len(frames) == count:
+                        break
     except SourceError as exc:
         raise ExportError(str(exc)) from None
     if len(frames) < count:

@@ -204,7 +204,7 @@ def vision_geometry(config: Config) -> VisionGeometry:
     """P, n, S and the pair counts of a vision config, as ``VisionLearner`` has them."""
     rows, cols = config.vision.grid
     skip, K = config.vision.skip_rows, config.rule.offsets
-    n = 1 if config.rule.schedule is Schedule.EITHER else config.rule.num_negatives
+    n = config.replayed_frames
     candidates = 1 if config.rule.schedule is Schedule.EITHER else 1 + n
     contexts = (rows - skip - 1) * cols  # M: contexts of offset 1
     inside = sum((rows - skip - k) * cols for k in range(1, K + 1))

@@ -16,10 +16,14 @@ VTEST = OPENCV_DATA / "vtest.avi"
 pytestmark = pytest.mark.skipif(not VTEST.is_file(), reason="opencv-doc is not installed")
 
 
+def _learn(out, *options: str, source: str = f"video:{VTEST}") -> int:
+    """`edge-clapp learn --source SOURCE --out OUT --quiet OPTIONS...`: its exit code."""
+    return main(["learn", "--source", source, "--out", str(out), "--quiet", *options])
+
+
 def test_learn_from_vtest_writes_frames_metrics_and_a_vision_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["learn", "--source", f"video:{VTEST}", "--out", str(out), "--max-frames",
-                 "60", "--quiet"])  # fmt: skip
+    code = _learn(out, "--max-frames", "60")
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["preset"] == "vision"  # the default for a video source
@@ -35,13 +39,11 @@ def test_learn_from_vtest_writes_frames_metrics_and_a_vision_checkpoint(tmp_path
 def test_resume_continues_the_video_bit_identically(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     video = f"video:{VTEST}"
-    assert main(["learn", "--source", video, "--out", str(straight), "--max-frames", "50",
-                 "--quiet"]) == 0  # fmt: skip
+    assert _learn(straight, "--max-frames", "50", source=video) == 0
     # Started with the bare path, resumed with the prefixed one: the same source.
-    assert main(["learn", "--source", str(VTEST), "--out", str(split), "--max-frames", "20",
-                 "--quiet"]) == 0  # fmt: skip
-    assert main(["learn", "--resume", str(split), "--source", video, "--max-frames", "30",
-                 "--quiet"]) == 0  # fmt: skip
+    assert _learn(split, "--max-frames", "20", source=str(VTEST)) == 0
+    resume = ["learn", "--resume", str(split), "--source", video, "--max-frames", "30"]
+    assert main([*resume, "--quiet"]) == 0
     a, _ = load_checkpoint(straight / "checkpoint")
     b, extra = load_checkpoint(split / "checkpoint")
     assert extra["samples_consumed"] == 50
@@ -52,13 +54,12 @@ def test_resume_continues_the_video_bit_identically(tmp_path):
 
 def test_max_seconds_counts_video_at_the_source_rate(tmp_path):
     out = tmp_path / "run"
-    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(out), "--max-seconds",
-                 "2.5", "--quiet"]) == 0  # fmt: skip
+    assert _learn(out, "--max-seconds", "2.5") == 0
     assert json.loads((out / "metrics.json").read_text())["frames"] == 25  # 10 fps
 
 
 def test_camera_without_a_camera_is_a_clear_error(tmp_path, capfd):
-    code = main(["learn", "--source", "camera", "--out", str(tmp_path / "run"), "--quiet"])
+    code = _learn(tmp_path / "run", source="camera")
     err = capfd.readouterr().err
     assert code == 2
     assert "no camera" in err and "video:PATH" in err
@@ -67,8 +68,7 @@ def test_camera_without_a_camera_is_a_clear_error(tmp_path, capfd):
 
 
 def test_a_source_that_does_not_fit_the_config_is_refused(tmp_path, capsys):
-    code = main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "r"),
-                 "--quiet", "--preset", "raw"])  # fmt: skip
+    code = _learn(tmp_path / "r", "--preset", "raw")
     assert code == 2
     assert "learns from audio: use --preset vision" in capsys.readouterr().err
     assert not (tmp_path / "r" / "checkpoint").exists()
@@ -79,8 +79,7 @@ def test_bad_frame_limits_are_refused(tmp_path, capsys):
         main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "r"),
               "--max-frames", "0"])  # fmt: skip
     assert "must be > 0" in capsys.readouterr().err
-    code = main(["learn", "--source", f"video:{VTEST}", "--out", str(tmp_path / "r"),
-                 "--max-frames", "3", "--max-seconds", "1", "--quiet"])  # fmt: skip
+    code = _learn(tmp_path / "r", "--max-frames", "3", "--max-seconds", "1")
     assert code == 2
     assert "not both" in capsys.readouterr().err
 
@@ -91,20 +90,18 @@ def test_an_audio_source_with_the_vision_preset_is_refused(tmp_path, capsys):
     import soundfile as sf
 
     sf.write(wav, np.zeros(16000, np.float32), 16000)
-    code = main(["learn", "--source", str(wav), "--out", str(tmp_path / "r"), "--preset",
-                 "vision", "--quiet"])  # fmt: skip
+    code = _learn(tmp_path / "r", "--preset", "vision", source=str(wav))
     assert code == 2
     assert "is an audio source" in capsys.readouterr().err
 
 
 def test_more_refusals_before_any_work(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(run), "--max-frames",
-                 "3", "--quiet"]) == 0  # fmt: skip
+    assert _learn(run, "--max-frames", "3") == 0
     capsys.readouterr()
     # A new run inside a checkpoint folder would shadow the run it belongs to.
     inside = run / "checkpoint"
-    code = main(["learn", "--source", f"video:{VTEST}", "--out", str(inside), "--quiet"])
+    code = _learn(inside)
     assert code == 2 and "is a run's checkpoint folder" in capsys.readouterr().err
     # Absurd durations are refused by the parser.
     with pytest.raises(SystemExit):
@@ -115,8 +112,7 @@ def test_more_refusals_before_any_work(tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "a.avi").write_bytes(VTEST.read_bytes()[:200_000])
-    code = main(["learn", "--source", str(videos), "--out", str(tmp_path / "y"), "--preset",
-                 "vision", "--quiet"])  # fmt: skip
+    code = _learn(tmp_path / "y", "--preset", "vision", source=str(videos))
     assert code == 2 and "pass each video with video:PATH" in capsys.readouterr().err
 
 
@@ -127,8 +123,7 @@ def test_a_checkpoint_with_a_negative_replay_count_is_refused(tmp_path):
     from edge_clapp.paths import file_sha256
 
     run = tmp_path / "run"
-    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(run), "--max-frames",
-                 "3", "--quiet"]) == 0  # fmt: skip
+    assert _learn(run, "--max-frames", "3") == 0
     folder = run / "checkpoint"
     meta = json.loads((folder / "meta.json").read_text())
     state = folder / meta["state_file"]
@@ -146,8 +141,7 @@ def test_resume_of_a_run_that_recorded_a_bare_path_continues(tmp_path, capsys):
     `video:` spelling was recorded) resumes where it stopped, without --source; and a
     resume into its own checkpoint folder is refused."""
     run = tmp_path / "run"
-    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(run), "--max-frames",
-                 "8", "--quiet"]) == 0  # fmt: skip
+    assert _learn(run, "--max-frames", "8") == 0
     meta_path = run / "checkpoint" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["extra"]["source_spec"] = str(VTEST)
@@ -162,8 +156,7 @@ def test_resume_of_a_run_that_recorded_a_bare_path_continues(tmp_path, capsys):
 
 def test_probe_a_vision_run_on_mnist(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["learn", "--source", f"video:{VTEST}", "--out", str(out), "--max-frames",
-                 "20", "--quiet"]) == 0  # fmt: skip
+    assert _learn(out, "--max-frames", "20") == 0
     capsys.readouterr()
     report = tmp_path / "probe.json"
     assert main(["probe", str(out), "--task", "mnist", "--json", str(report)]) == 0
